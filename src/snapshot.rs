@@ -1,0 +1,318 @@
+//! The snapshot: the one shared state of the agent — the current routes, the last result and
+//! counters of each, and the agent-wide counters. The prober writes it; the /metrics and MCP
+//! renderers read it. It lives in one `RefCell` owned by the event loop; there is no second
+//! copy of the route list or of the results anywhere.
+//!
+//! Nothing here does I/O or reads the clock: times come in as arguments, so tests use made-up
+//! instants. Memory is bounded by the route count (`route::MAX_ROUTES`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use crate::route::Route;
+
+/// Why a probe failed. The order is the order of the failure counters in `RouteState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Refused,
+    Timeout,
+    Unreachable,
+    Dns,
+    Error,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Refused,
+        Reason::Timeout,
+        Reason::Unreachable,
+        Reason::Dns,
+        Reason::Error,
+    ];
+
+    /// The label value in /metrics and the `reason` field in MCP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Refused => "refused",
+            Reason::Timeout => "timeout",
+            Reason::Unreachable => "unreachable",
+            Reason::Dns => "dns",
+            Reason::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The outcome of one probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Reachable { latency: Duration },
+    Failed(Reason),
+}
+
+/// One finished probe, as the prober reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub outcome: Outcome,
+    /// The address connected to, when resolution got that far.
+    pub address: Option<SocketAddr>,
+    /// How long resolving the host name took (None for IP literals).
+    pub dns_duration: Option<Duration>,
+    /// A short human detail for failures (the OS error, the DNS failure kind), for MCP and logs.
+    pub detail: Option<String>,
+}
+
+/// What the snapshot knows about one route.
+#[derive(Clone, Debug)]
+pub struct RouteState {
+    pub route: Route,
+    /// The last finished probe and when it finished; None until the first one.
+    pub last: Option<(ProbeResult, SystemTime)>,
+    /// Failures since the route appeared, per `Reason::ALL` index.
+    pub failures: [u64; 5],
+    pub consecutive_failures: u64,
+    /// When reachability last flipped (or the first result arrived).
+    pub last_change: Option<SystemTime>,
+}
+
+impl RouteState {
+    fn new(route: Route) -> RouteState {
+        RouteState {
+            route,
+            last: None,
+            failures: [0; 5],
+            consecutive_failures: 0,
+            last_change: None,
+        }
+    }
+
+    pub fn failures(&self, reason: Reason) -> u64 {
+        self.failures[reason.index()]
+    }
+
+    /// Reachable per the last probe; None before the first.
+    pub fn reachable(&self) -> Option<bool> {
+        self.last
+            .as_ref()
+            .map(|(r, _)| matches!(r.outcome, Outcome::Reachable { .. }))
+    }
+}
+
+/// A change of reachability, returned by [`Snapshot::record`] so the caller can log it once.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// First result for this route.
+    First,
+    Down,
+    /// Back up after being down for this long.
+    Up {
+        down_for: Duration,
+    },
+    Same,
+}
+
+/// Where the routes come from and how that source is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// The last fetch or read succeeded.
+    pub up: bool,
+    /// This VPS was found in the database (always true for the file source).
+    pub vps_registered: bool,
+    pub errors_total: u64,
+    /// How long the last fetch took.
+    pub fetch_duration: Option<Duration>,
+}
+
+/// The agent's shared state. See the module docs.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub routes: Vec<RouteState>,
+    pub probe_enabled: bool,
+    pub interval: Duration,
+    pub cycles_total: u64,
+    pub overruns_total: u64,
+    pub last_cycle_duration: Option<Duration>,
+    pub last_cycle_end: Option<SystemTime>,
+    pub source: SourceStatus,
+    /// When the agent started (process_start_time_seconds).
+    pub started_at: SystemTime,
+}
+
+impl Snapshot {
+    pub fn new(probe_enabled: bool, interval: Duration, started_at: SystemTime) -> Snapshot {
+        Snapshot {
+            routes: Vec::new(),
+            probe_enabled,
+            interval,
+            cycles_total: 0,
+            overruns_total: 0,
+            last_cycle_duration: None,
+            last_cycle_end: None,
+            source: SourceStatus {
+                up: true,
+                vps_registered: true,
+                errors_total: 0,
+                fetch_duration: None,
+            },
+            started_at,
+        }
+    }
+
+    /// Replaces the route set. A route whose node, name, listen port and backend are all
+    /// unchanged keeps its results and counters; any other route starts fresh, and routes
+    /// no longer in the set disappear. Returns whether anything changed.
+    pub fn set_routes(&mut self, routes: Vec<Route>) -> bool {
+        if routes.len() == self.routes.len()
+            && routes.iter().zip(&self.routes).all(|(a, b)| *a == b.route)
+        {
+            return false;
+        }
+        let mut old: std::collections::HashMap<(String, u16), RouteState> = self
+            .routes
+            .drain(..)
+            .map(|s| ((s.route.node.clone(), s.route.listen_port), s))
+            .collect();
+        self.routes = routes
+            .into_iter()
+            .map(
+                |route| match old.remove(&(route.node.clone(), route.listen_port)) {
+                    Some(state) if state.route == route => state,
+                    _ => RouteState::new(route),
+                },
+            )
+            .collect();
+        true
+    }
+
+    /// Records a finished probe of route `index` at wall time `at`.
+    pub fn record(&mut self, index: usize, result: ProbeResult, at: SystemTime) -> Change {
+        let Some(state) = self.routes.get_mut(index) else {
+            return Change::Same;
+        };
+        let was = state.reachable();
+        let now_up = matches!(result.outcome, Outcome::Reachable { .. });
+        match result.outcome {
+            Outcome::Reachable { .. } => state.consecutive_failures = 0,
+            Outcome::Failed(reason) => {
+                state.failures[reason.index()] += 1;
+                state.consecutive_failures += 1;
+            }
+        }
+        state.last = Some((result, at));
+        let change = match was {
+            None => Change::First,
+            Some(w) if w == now_up => Change::Same,
+            Some(_) if now_up => Change::Up {
+                down_for: state
+                    .last_change
+                    .and_then(|t| at.duration_since(t).ok())
+                    .unwrap_or_default(),
+            },
+            Some(_) => Change::Down,
+        };
+        if change != Change::Same {
+            state.last_change = Some(at);
+        }
+        change
+    }
+
+    /// Records the end of a probe cycle that took `duration`.
+    pub fn cycle_done(&mut self, duration: Duration, overran: bool, at: SystemTime) {
+        self.cycles_total += 1;
+        if overran {
+            self.overruns_total += 1;
+        }
+        self.last_cycle_duration = Some(duration);
+        self.last_cycle_end = Some(at);
+    }
+
+    /// Counts of (reachable, unreachable, not yet probed).
+    pub fn summary(&self) -> (usize, usize, usize) {
+        let mut up = 0;
+        let mut down = 0;
+        for s in &self.routes {
+            match s.reachable() {
+                Some(true) => up += 1,
+                Some(false) => down += 1,
+                None => {}
+            }
+        }
+        (up, down, self.routes.len() - up - down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(node: &str, port: u16, backend_port: u16) -> Route {
+        Route::new(node, "r", port, "127.0.0.1", backend_port).unwrap()
+    }
+
+    fn result(outcome: Outcome) -> ProbeResult {
+        ProbeResult {
+            outcome,
+            address: None,
+            dns_duration: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn record_counts_failures_and_reports_changes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut s = Snapshot::new(true, Duration::from_secs(30), t0);
+        s.set_routes(vec![route("a", 1, 1)]);
+        let up = result(Outcome::Reachable {
+            latency: Duration::from_millis(2),
+        });
+        let down = result(Outcome::Failed(Reason::Refused));
+        assert_eq!(s.record(0, up.clone(), t0), Change::First);
+        assert_eq!(
+            s.record(0, up.clone(), t0 + Duration::from_secs(1)),
+            Change::Same
+        );
+        assert_eq!(
+            s.record(0, down.clone(), t0 + Duration::from_secs(2)),
+            Change::Down
+        );
+        assert_eq!(s.record(0, down, t0 + Duration::from_secs(3)), Change::Same);
+        assert_eq!(s.routes[0].consecutive_failures, 2);
+        assert_eq!(s.routes[0].failures(Reason::Refused), 2);
+        assert_eq!(
+            s.record(0, up, t0 + Duration::from_secs(12)),
+            Change::Up {
+                down_for: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(s.routes[0].consecutive_failures, 0);
+        assert_eq!(s.routes[0].last_change, Some(t0 + Duration::from_secs(12)));
+        assert_eq!(
+            s.record(7, result(Outcome::Failed(Reason::Dns)), t0),
+            Change::Same
+        );
+    }
+
+    #[test]
+    fn set_routes_keeps_unchanged_routes_only() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut s = Snapshot::new(true, Duration::from_secs(30), t0);
+        assert!(s.set_routes(vec![route("a", 1, 1), route("a", 2, 2), route("b", 1, 1)]));
+        for i in 0..3 {
+            s.record(i, result(Outcome::Failed(Reason::Timeout)), t0);
+        }
+        assert!(!s.set_routes(vec![route("a", 1, 1), route("a", 2, 2), route("b", 1, 1)]));
+        // a:2 changes its backend port, b:1 goes away, c:1 is new.
+        assert!(s.set_routes(vec![route("c", 1, 1), route("a", 2, 3), route("a", 1, 1)]));
+        let kept: Vec<_> = s
+            .routes
+            .iter()
+            .map(|r| r.failures(Reason::Timeout))
+            .collect();
+        assert_eq!(kept, vec![0, 0, 1]);
+        assert_eq!(s.summary(), (0, 1, 2));
+    }
+}
