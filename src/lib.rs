@@ -5,6 +5,7 @@
 pub mod config;
 pub mod event_loop;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod prober;
 pub mod route;
