@@ -3,6 +3,7 @@
 //! connections, all driven by the one event loop.
 
 pub mod config;
+pub mod dns;
 pub mod event_loop;
 pub mod http;
 pub mod json;

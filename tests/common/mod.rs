@@ -2,6 +2,8 @@
 //! Every address used here is on 127.0.0.1. Waits poll until a deadline, never sleep blindly.
 #![allow(dead_code)]
 
+pub mod dns_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
