@@ -45,6 +45,9 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
     --metrics-port PORT               Keep the listen address, change the port; 0 turns the
                                       HTTP listener off. env AGENT_METRICS_PORT
+    --dns-server ADDR:PORT            Name server for backend host names, instead of those in
+                                      /etc/resolv.conf (/etc/hosts is still read first).
+                                      env AGENT_DNS_SERVER
     -h, --help                        Print this help.
     -V, --version                     Print the version.
 
@@ -67,6 +70,8 @@ pub struct Config {
     pub routes_file: Option<PathBuf>,
     /// None when the HTTP listener is off (`--metrics-port 0`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Overrides the name servers of /etc/resolv.conf.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// What `parse_args` found: run, or print help/version.
@@ -102,6 +107,7 @@ pub struct Env {
     pub routes_file: Option<OsString>,
     pub metrics_listen: Option<String>,
     pub metrics_port: Option<String>,
+    pub dns_server: Option<String>,
 }
 
 impl Env {
@@ -115,6 +121,7 @@ impl Env {
             routes_file: std::env::var_os("AGENT_ROUTES_FILE").filter(|v| !v.is_empty()),
             metrics_listen: s("AGENT_METRICS_LISTEN"),
             metrics_port: s("AGENT_METRICS_PORT"),
+            dns_server: s("AGENT_DNS_SERVER"),
         }
     }
 }
@@ -129,6 +136,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut routes_file: Option<PathBuf> = None;
     let mut metrics_listen: Option<String> = None;
     let mut metrics_port: Option<String> = None;
+    let mut dns_server: Option<String> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -144,6 +152,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
                 metrics_listen = Some(string(&mut parser, "--metrics-listen")?)
             }
             Long("metrics-port") => metrics_port = Some(string(&mut parser, "--metrics-port")?),
+            Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -184,6 +193,13 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         env.metrics_port,
         "--metrics-port",
         "AGENT_METRICS_PORT",
+    );
+
+    let (dns_server, dns_src) = pick(
+        dns_server,
+        env.dns_server,
+        "--dns-server",
+        "AGENT_DNS_SERVER",
     );
 
     let interval = match interval {
@@ -237,6 +253,15 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         },
     };
 
+    let dns_server = match dns_server {
+        None => None,
+        Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+            UsageError(format!(
+                "invalid value '{v}' for {dns_src}, expected ADDR:PORT such as 127.0.0.1:53 or [::1]:53"
+            ))
+        })?),
+    };
+
     Ok(Command::Run(Config {
         health_probe,
         interval,
@@ -244,6 +269,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         timeout_clamped_from,
         routes_file,
         metrics_listen,
+        dns_server,
     }))
 }
 

@@ -17,6 +17,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
+use crate::dns::{Resolver, ResolverConfig};
 use crate::http;
 use crate::metrics::ProcessStats;
 use crate::prober::{Advance, Prober};
@@ -71,6 +72,10 @@ impl Agent {
             Some(addr) => Some(listen(&poll, addr, HTTP_LISTENER, "--metrics-listen")?),
         };
         snapshot.probe_enabled = config.health_probe;
+        let resolver = Resolver::new(match config.dns_server {
+            Some(server) => ResolverConfig::with_server(server),
+            None => ResolverConfig::system(),
+        });
         let now = Instant::now();
         Ok(Agent {
             poll,
@@ -78,7 +83,13 @@ impl Agent {
             http_listener,
             entries: HashMap::new(),
             next_token: FIRST_DYNAMIC_TOKEN,
-            prober: Prober::new(config.health_probe, config.interval, config.timeout, now),
+            prober: Prober::new(
+                resolver,
+                config.health_probe,
+                config.interval,
+                config.timeout,
+                now,
+            ),
             source,
             snapshot: RefCell::new(snapshot),
         })

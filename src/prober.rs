@@ -8,25 +8,53 @@
 //! its event `take_error()` decides failure, then `peer_addr()` success (`NotConnected` means
 //! a spurious wake-up: keep waiting). A probe that never gets an event ends when the loop's
 //! sweep finds its deadline passed. Everything takes `now` as an argument.
+//!
+//! A backend given by name is first resolved by the agent's own resolver (`dns.rs`) on the
+//! same loop; the lookup and the connect share the route's one deadline. Latency is the
+//! connect time alone; the lookup time is reported apart.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::dns::{DnsFailure, Lookup, Resolver, Start};
 use crate::snapshot::{Change, Outcome, ProbeResult, Reason, Snapshot};
 
 /// A probe in flight.
 struct InFlight {
     token: Token,
-    stream: TcpStream,
     /// Index of the route in the snapshot.
     index: usize,
-    address: SocketAddr,
+    port: u16,
+    /// When the probe (lookup included) started, and its one deadline.
     started: Instant,
     deadline: Instant,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Not started yet: the name is being looked up at once or the address is a literal.
+    New,
+    /// Waiting for the name server.
+    Resolving(Box<Lookup>),
+    /// The name resolved; the connect starts on the next `advance`.
+    Resolved { ip: IpAddr, dns: Duration },
+    Connecting {
+        stream: TcpStream,
+        address: SocketAddr,
+        connect_started: Instant,
+        dns: Option<Duration>,
+    },
+}
+
+/// What an in-flight probe needs, found by [`Prober::step`].
+enum Step {
+    Wait(InFlight),
+    Done(usize, ProbeResult),
+    Connect(InFlight, IpAddr, Duration),
 }
 
 struct Cycle {
@@ -45,6 +73,7 @@ pub enum Advance {
 }
 
 pub struct Prober {
+    resolver: Resolver,
     enabled: bool,
     interval: Duration,
     timeout: Duration,
@@ -55,8 +84,15 @@ pub struct Prober {
 
 impl Prober {
     /// `timeout` is already clamped by the config. The first cycle is due at `now`.
-    pub fn new(enabled: bool, interval: Duration, timeout: Duration, now: Instant) -> Prober {
+    pub fn new(
+        resolver: Resolver,
+        enabled: bool,
+        interval: Duration,
+        timeout: Duration,
+        now: Instant,
+    ) -> Prober {
         Prober {
+            resolver,
             enabled,
             interval,
             timeout,
@@ -69,7 +105,11 @@ impl Prober {
     /// When the loop must wake up for the prober at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
         match (&self.inflight, &self.cycle) {
-            (Some(f), _) => Some(f.deadline),
+            (Some(f), _) => match &f.stage {
+                Stage::Resolving(lookup) => Some(f.deadline.min(lookup.next_deadline())),
+                Stage::New | Stage::Resolved { .. } => Some(f.started),
+                Stage::Connecting { .. } => Some(f.deadline),
+            },
             (None, Some(_)) => None, // advance() always leaves a probe in flight mid-cycle
             (None, None) if self.enabled => Some(self.next_cycle),
             (None, None) => None,
@@ -81,7 +121,9 @@ impl Prober {
         self.inflight.as_ref().map(|f| f.token)
     }
 
+    /// Starts a cycle; re-reads /etc/hosts and /etc/resolv.conf first if they changed.
     pub fn start_cycle(&mut self, now: Instant) {
+        self.resolver.reload_if_changed();
         self.cycle = Some(Cycle {
             started: now,
             next: 0,
@@ -91,8 +133,8 @@ impl Prober {
     /// Abandons the cycle in progress (the route set changed under it) and makes the next one
     /// due now.
     pub fn restart(&mut self, registry: &Registry, now: Instant) {
-        if let Some(mut f) = self.inflight.take() {
-            let _ = registry.deregister(&mut f.stream);
+        if let Some(f) = self.inflight.take() {
+            close(f.stage, registry);
         }
         self.cycle = None;
         self.next_cycle = now;
@@ -109,16 +151,18 @@ impl Prober {
         next_token: &mut impl FnMut() -> Token,
     ) -> Advance {
         loop {
-            if let Some(f) = &self.inflight {
-                if now < f.deadline {
-                    return Advance::Wait;
+            if let Some(f) = self.inflight.take() {
+                match self.step(f, now, registry) {
+                    Step::Wait(f) => {
+                        self.inflight = Some(f);
+                        return Advance::Wait;
+                    }
+                    Step::Done(index, result) => record(snap, index, result, wall),
+                    Step::Connect(f, ip, dns) => {
+                        let address = SocketAddr::new(ip, f.port);
+                        self.connect(registry, snap, f, address, Some(dns), now, wall, next_token);
+                    }
                 }
-                let result = failure(
-                    Reason::Timeout,
-                    Some(f.address),
-                    "no answer before the deadline",
-                );
-                self.finish(registry, snap, result, wall);
                 continue;
             }
             let Some(cycle) = &mut self.cycle else {
@@ -146,39 +190,128 @@ impl Prober {
                 continue;
             };
             cycle.next += 1;
-            let port = state.route.port;
-            let ip = match resolve(&state.route.host) {
-                Some(ip) => ip,
-                None => {
-                    let result = failure(
-                        Reason::Dns,
-                        None,
-                        "host names other than localhost are not resolved yet",
-                    );
-                    record(snap, index, result, wall);
-                    continue;
-                }
+            let f = InFlight {
+                token: Token(usize::MAX),
+                index,
+                port: state.route.port,
+                started: now,
+                deadline: now + self.timeout,
+                stage: Stage::New,
             };
-            let address = SocketAddr::new(ip, port);
-            let deadline = now + self.timeout;
-            match connect(address, registry, next_token) {
-                Ok((stream, token)) => {
-                    self.inflight = Some(InFlight {
-                        token,
-                        stream,
-                        index,
-                        address,
-                        started: now,
-                        deadline,
-                    });
+            if let Some(ip) = state.route.ip() {
+                let address = SocketAddr::new(ip, f.port);
+                self.connect(registry, snap, f, address, None, now, wall, next_token);
+                continue;
+            }
+            let looked_up = Instant::now();
+            match self.resolver.start(&state.route.host, now) {
+                Start::Done(Ok(ip)) => {
+                    let address = SocketAddr::new(ip, f.port);
+                    let dns = Some(looked_up.elapsed());
+                    self.connect(registry, snap, f, address, dns, now, wall, next_token);
                 }
-                Err(e) => record(snap, index, from_error(&e, address), wall),
+                Start::Done(Err(e)) => {
+                    record(snap, index, dns_failure(looked_up.elapsed(), &e), wall)
+                }
+                Start::Pending(mut lookup) => {
+                    let token = next_token();
+                    match lookup.register(registry, token) {
+                        Ok(()) => {
+                            self.inflight = Some(InFlight {
+                                token,
+                                stage: Stage::Resolving(lookup),
+                                ..f
+                            })
+                        }
+                        Err(e) => {
+                            let e = DnsFailure::Error(format!("cannot watch the lookup: {e}"));
+                            record(snap, index, dns_failure(Duration::ZERO, &e), wall);
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Handles an event for the probe's token. Returns true if the probe ended (the caller
-    /// then calls `advance` to start the next one).
+    /// What the probe in flight needs at `now`, without an event: its deadline passed, a
+    /// lookup's retry is due, or a resolved name is ready to connect.
+    fn step(&mut self, mut f: InFlight, now: Instant, registry: &Registry) -> Step {
+        if now >= f.deadline {
+            let result = match &f.stage {
+                Stage::New | Stage::Resolving(_) | Stage::Resolved { .. } => {
+                    dns_failure(now - f.started, &DnsFailure::Timeout)
+                }
+                Stage::Connecting { address, dns, .. } => ProbeResult {
+                    dns_duration: *dns,
+                    ..failure(
+                        Reason::Timeout,
+                        Some(*address),
+                        "no answer before the deadline",
+                    )
+                },
+            };
+            let index = f.index;
+            close(f.stage, registry);
+            return Step::Done(index, result);
+        }
+        match &mut f.stage {
+            Stage::Resolving(lookup) if now >= lookup.next_deadline() => {
+                match lookup.on_timeout(&mut self.resolver, registry, now) {
+                    None => Step::Wait(f),
+                    Some(resolved) => lookup_done(f, resolved, registry, now),
+                }
+            }
+            Stage::Resolved { ip, dns } => {
+                let (ip, dns) = (*ip, *dns);
+                Step::Connect(f, ip, dns)
+            }
+            _ => Step::Wait(f),
+        }
+    }
+
+    /// Starts the connect of `f`'s route to `address`; a synchronous outcome is recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &mut self,
+        registry: &Registry,
+        snap: &mut Snapshot,
+        f: InFlight,
+        address: SocketAddr,
+        dns: Option<Duration>,
+        now: Instant,
+        wall: SystemTime,
+        next_token: &mut impl FnMut() -> Token,
+    ) {
+        let attempt = TcpStream::connect(address).and_then(|mut stream| {
+            let token = next_token();
+            registry.register(&mut stream, token, Interest::WRITABLE)?;
+            Ok((stream, token))
+        });
+        match attempt {
+            Ok((stream, token)) => {
+                self.inflight = Some(InFlight {
+                    token,
+                    stage: Stage::Connecting {
+                        stream,
+                        address,
+                        connect_started: now,
+                        dns,
+                    },
+                    ..f
+                });
+            }
+            Err(e) => {
+                let result = ProbeResult {
+                    dns_duration: dns,
+                    ..from_error(&e, address)
+                };
+                record(snap, f.index, result, wall);
+            }
+        }
+    }
+
+    /// Handles an event for the probe's token. Returns true if the probe moved on (the
+    /// caller then calls `advance`, which starts what comes next).
     pub fn on_event(
         &mut self,
         now: Instant,
@@ -186,57 +319,92 @@ impl Prober {
         registry: &Registry,
         snap: &mut Snapshot,
     ) -> bool {
-        let Some(f) = &self.inflight else {
+        let Some(mut f) = self.inflight.take() else {
             return false;
         };
-        let result = match connected(&f.stream) {
-            Connect::Pending => return false,
-            Connect::Done(Ok(())) => ProbeResult {
-                outcome: Outcome::Reachable {
-                    latency: now.saturating_duration_since(f.started),
+        let result = match &mut f.stage {
+            Stage::Resolving(lookup) => match lookup.on_ready(&mut self.resolver, registry, now) {
+                None => None,
+                Some(resolved) => match lookup_done(f, resolved, registry, now) {
+                    Step::Connect(mut f, ip, dns) => {
+                        // Connect on the next `advance`, which has the token counter.
+                        f.stage = Stage::Resolved { ip, dns };
+                        self.inflight = Some(f);
+                        return true;
+                    }
+                    Step::Done(index, result) => {
+                        record(snap, index, result, wall);
+                        return true;
+                    }
+                    Step::Wait(f) => {
+                        self.inflight = Some(f);
+                        return false;
+                    }
                 },
-                address: Some(f.address),
-                dns_duration: None,
-                detail: None,
             },
-            Connect::Done(Err(e)) => from_error(&e, f.address),
+            Stage::Connecting {
+                stream,
+                address,
+                connect_started,
+                dns,
+            } => match connected(stream) {
+                Connect::Pending => None,
+                Connect::Done(Ok(())) => Some(ProbeResult {
+                    outcome: Outcome::Reachable {
+                        latency: now.saturating_duration_since(*connect_started),
+                    },
+                    address: Some(*address),
+                    dns_duration: *dns,
+                    detail: None,
+                }),
+                Connect::Done(Err(e)) => Some(ProbeResult {
+                    dns_duration: *dns,
+                    ..from_error(&e, *address)
+                }),
+            },
+            Stage::New | Stage::Resolved { .. } => None,
         };
-        self.finish(registry, snap, result, wall);
-        true
-    }
-
-    fn finish(
-        &mut self,
-        registry: &Registry,
-        snap: &mut Snapshot,
-        result: ProbeResult,
-        wall: SystemTime,
-    ) {
-        if let Some(mut f) = self.inflight.take() {
-            let _ = registry.deregister(&mut f.stream);
-            record(snap, f.index, result, wall);
+        match result {
+            None => {
+                self.inflight = Some(f);
+                false
+            }
+            Some(result) => {
+                let index = f.index;
+                close(f.stage, registry);
+                record(snap, index, result, wall);
+                true
+            }
         }
     }
 }
 
-/// Resolution without blocking: IP literals and `localhost` only (for now).
-fn resolve(host: &str) -> Option<IpAddr> {
-    if let Ok(ip) = host.parse() {
-        return Some(ip);
+/// A lookup ended: connect next, or the probe failed with reason `dns`.
+fn lookup_done(
+    mut f: InFlight,
+    resolved: Result<IpAddr, DnsFailure>,
+    registry: &Registry,
+    now: Instant,
+) -> Step {
+    if let Stage::Resolving(lookup) = &mut f.stage {
+        lookup.deregister(registry);
     }
-    host.eq_ignore_ascii_case("localhost")
-        .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    let dns = now.saturating_duration_since(f.started);
+    match resolved {
+        Ok(ip) => Step::Connect(f, ip, dns),
+        Err(e) => Step::Done(f.index, dns_failure(dns, &e)),
+    }
 }
 
-fn connect(
-    address: SocketAddr,
-    registry: &Registry,
-    next_token: &mut impl FnMut() -> Token,
-) -> io::Result<(TcpStream, Token)> {
-    let mut stream = TcpStream::connect(address)?;
-    let token = next_token();
-    registry.register(&mut stream, token, Interest::WRITABLE)?;
-    Ok((stream, token))
+/// Deregisters whatever socket a stage holds; dropping it closes it.
+fn close(stage: Stage, registry: &Registry) {
+    match stage {
+        Stage::Resolving(mut lookup) => lookup.deregister(registry),
+        Stage::Connecting { mut stream, .. } => {
+            let _ = registry.deregister(&mut stream);
+        }
+        Stage::New | Stage::Resolved { .. } => {}
+    }
 }
 
 enum Connect {
@@ -285,6 +453,13 @@ fn record(snap: &mut Snapshot, index: usize, result: ProbeResult, wall: SystemTi
     }
 }
 
+fn dns_failure(took: Duration, e: &DnsFailure) -> ProbeResult {
+    ProbeResult {
+        dns_duration: Some(took),
+        ..failure(Reason::Dns, None, &e.to_string())
+    }
+}
+
 fn failure(reason: Reason, address: Option<SocketAddr>, detail: &str) -> ProbeResult {
     ProbeResult {
         outcome: Outcome::Failed(reason),
@@ -318,6 +493,13 @@ mod tests {
     use crate::route::Route;
     use mio::{Events, Poll};
 
+    /// A resolver on a closed loopback port; these tests only probe IP literals.
+    fn test_resolver() -> Resolver {
+        Resolver::new(crate::dns::ResolverConfig::with_server(
+            "127.0.0.1:9".parse().unwrap(),
+        ))
+    }
+
     fn snapshot(routes: Vec<Route>) -> Snapshot {
         let mut s = Snapshot::new(true, Duration::from_secs(1), SystemTime::UNIX_EPOCH);
         s.set_routes(routes);
@@ -334,14 +516,20 @@ mod tests {
         assert_eq!(reason_for(&e(libc::EACCES)), Reason::Error);
     }
 
-    /// Cycle bookkeeping with made-up instants: no sockets are opened because the only
-    /// route's host can't be resolved, so each probe ends synchronously.
+    /// Cycle bookkeeping with made-up instants: with no routes, no socket is opened and a
+    /// cycle ends when `advance` is called at the instant given.
     #[test]
     fn cycles_schedule_by_interval_and_count_overruns() {
         let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = Prober::new(true, Duration::from_secs(1), Duration::from_secs(3), t0);
-        let mut snap = snapshot(vec![Route::new("n", "r", 1, "name.invalid", 1).unwrap()]);
+        let mut p = Prober::new(
+            test_resolver(),
+            true,
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            t0,
+        );
+        let mut snap = snapshot(vec![]);
         let mut tok = || Token(100);
         let wall = SystemTime::UNIX_EPOCH;
         assert_eq!(
@@ -354,7 +542,6 @@ mod tests {
             Advance::Wait
         );
         assert_eq!(snap.cycles_total, 1);
-        assert_eq!(snap.routes[0].failures(Reason::Dns), 1);
         assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(1)));
         let t1 = t0 + Duration::from_millis(999);
         assert_eq!(
@@ -381,7 +568,13 @@ mod tests {
     fn disabled_prober_never_starts_a_cycle() {
         let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = Prober::new(false, Duration::from_secs(1), Duration::from_secs(3), t0);
+        let mut p = Prober::new(
+            test_resolver(),
+            false,
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            t0,
+        );
         let mut snap = snapshot(vec![]);
         let mut tok = || Token(100);
         assert_eq!(
@@ -414,7 +607,13 @@ mod tests {
         let mut poll = Poll::new().unwrap();
         let mut events = Events::with_capacity(8);
         let t0 = Instant::now();
-        let mut p = Prober::new(true, Duration::from_secs(10), Duration::from_secs(3), t0);
+        let mut p = Prober::new(
+            test_resolver(),
+            true,
+            Duration::from_secs(10),
+            Duration::from_secs(3),
+            t0,
+        );
         let mut n = 100;
         let mut tok = || {
             n += 1;

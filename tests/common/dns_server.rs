@@ -50,8 +50,9 @@ pub enum Behavior {
     CompressionLoop,
 }
 
-/// Address the misbehaving replies carry, so a test can tell if one was taken.
-pub const BOGUS: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
+/// Address the misbehaving replies carry, so a test can tell if one was taken (on loopback,
+/// so nothing leaves the machine even if one were).
+pub const BOGUS: Ipv4Addr = Ipv4Addr::new(127, 6, 6, 6);
 
 #[derive(Default)]
 struct State {

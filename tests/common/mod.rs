@@ -1,6 +1,6 @@
 //! Helpers for the tests that start the real binary and talk to it over loopback sockets.
 //! Every address used here is on 127.0.0.1. Waits poll until a deadline, never sleep blindly.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod dns_server;
 
