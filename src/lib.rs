@@ -1,5 +1,6 @@
 //! sigma-agent-lite as a library: the modules the binary, the tests and the benches share.
 
 pub mod json;
+pub mod mcp;
 pub mod route;
 pub mod snapshot;
