@@ -4,3 +4,4 @@ pub mod json;
 pub mod mcp;
 pub mod route;
 pub mod snapshot;
+pub mod stdio;
