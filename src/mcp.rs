@@ -27,8 +27,8 @@
 //! negotiated: fields added by later revisions (`title`, `outputSchema`, `structuredContent`,
 //! `annotations`) are always present; earlier clients ignore unknown fields.
 //!
-//! Not supported, and why: batches (JSON-RPC arrays; removed from MCP in 2025-06-18 and
-//! never needed here) get `-32600`; resources, prompts, completions, logging, sampling,
+//! Not supported, and why: batches (JSON-RPC arrays) get `-32600`: only 2025-03-26 allowed
+//! them (2025-06-18 removed them again) and no client we know sends them; resources, prompts, completions, logging, sampling,
 //! elicitation, roots, tasks, `subscriptions/listen` and pagination cursors (one tool, one
 //! page) are not offered and their methods get `-32601` (an unknown cursor gets `-32602`);
 //! `ping` is answered only in the handshake era (2026-07-28 removed it); `notifications/
@@ -610,11 +610,11 @@ fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, unreachable
             None => s.null("last_cycle_at"),
         };
         match snap.last_cycle_duration {
-            Some(d) => s.f64("last_cycle_duration_seconds", millis_f64(d) / 1000.0),
+            Some(d) => s.f64("last_cycle_duration_seconds", seconds_f64(d)),
             None => s.null("last_cycle_duration_seconds"),
         };
         s.bool("probe_enabled", snap.probe_enabled)
-            .f64("probe_interval_seconds", millis_f64(snap.interval) / 1000.0);
+            .f64("probe_interval_seconds", seconds_f64(snap.interval));
     }
     let mut backends = o.array("backends");
     for state in &snap.routes {
@@ -710,9 +710,15 @@ fn write_backend(b: &mut ObjectWriter<'_>, state: &RouteState) {
     b.u64("consecutive_failures", state.consecutive_failures);
 }
 
-/// Milliseconds with microsecond resolution (`2.345`), exact in an f64 for any probe time.
+/// Milliseconds with microsecond resolution (`2.345`). One division of an integer, so the
+/// shortest round-trip text is the decimal one (no `0.34300000000000004`).
 fn millis_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
+    d.as_micros() as f64 / 1e3
+}
+
+/// Seconds with microsecond resolution (`0.000343`), likewise from one division.
+fn seconds_f64(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e6
 }
 
 // ---------------------------------------------------------------- writing responses
@@ -1650,6 +1656,18 @@ mod tests {
         let r = tool_call(r#"{"unreachable_only":"yes"}"#, &snap, t0());
         let text = s(&r.get("content").unwrap().as_array().unwrap()[0], &["text"]);
         assert!(text.contains(r#"got a string "yes""#), "{text}");
+    }
+
+    #[test]
+    fn durations_print_as_short_decimals() {
+        let mut out = Vec::new();
+        let mut o = ObjectWriter::new(&mut out);
+        o.f64("s", seconds_f64(Duration::from_micros(343)))
+            .f64("ms", millis_f64(Duration::from_micros(97)))
+            .f64("i", seconds_f64(secs(30)))
+            .f64("d", seconds_f64(Duration::from_millis(1500)));
+        o.finish();
+        assert_eq!(out, br#"{"s":0.000343,"ms":0.097,"i":30,"d":1.5}"#);
     }
 
     #[test]
