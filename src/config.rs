@@ -45,6 +45,12 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
     --metrics-port PORT               Keep the listen address, change the port; 0 turns the
                                       HTTP listener off. env AGENT_METRICS_PORT
+    --mcp-stdio                       Serve MCP (JSON-RPC 2.0, one message per line) on
+                                      stdin/stdout; EOF on stdin stops the agent (exit 0).
+                                      env AGENT_MCP_STDIO (1/true/0/false), default off
+    --mcp-listen ADDR:PORT            Serve MCP over TCP, same framing; keep it on loopback
+                                      (127.0.0.1:9103) unless you mean otherwise.
+                                      env AGENT_MCP_LISTEN, default off
     --dns-server ADDR:PORT            Name server for backend host names, instead of those in
                                       /etc/resolv.conf (/etc/hosts is still read first).
                                       env AGENT_DNS_SERVER
@@ -72,6 +78,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Overrides the name servers of /etc/resolv.conf.
     pub dns_server: Option<SocketAddr>,
+    /// Serve MCP on stdin/stdout.
+    pub mcp_stdio: bool,
+    /// Serve MCP over TCP.
+    pub mcp_listen: Option<SocketAddr>,
 }
 
 /// What `parse_args` found: run, or print help/version.
@@ -108,6 +118,8 @@ pub struct Env {
     pub metrics_listen: Option<String>,
     pub metrics_port: Option<String>,
     pub dns_server: Option<String>,
+    pub mcp_stdio: Option<String>,
+    pub mcp_listen: Option<String>,
 }
 
 impl Env {
@@ -122,6 +134,8 @@ impl Env {
             metrics_listen: s("AGENT_METRICS_LISTEN"),
             metrics_port: s("AGENT_METRICS_PORT"),
             dns_server: s("AGENT_DNS_SERVER"),
+            mcp_stdio: s("AGENT_MCP_STDIO"),
+            mcp_listen: s("AGENT_MCP_LISTEN"),
         }
     }
 }
@@ -137,6 +151,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut metrics_listen: Option<String> = None;
     let mut metrics_port: Option<String> = None;
     let mut dns_server: Option<String> = None;
+    let mut mcp_stdio: Option<bool> = None;
+    let mut mcp_listen: Option<String> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -152,6 +168,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
                 metrics_listen = Some(string(&mut parser, "--metrics-listen")?)
             }
             Long("metrics-port") => metrics_port = Some(string(&mut parser, "--metrics-port")?),
+            Long("mcp-stdio") => mcp_stdio = Some(true),
+            Long("mcp-listen") => mcp_listen = Some(string(&mut parser, "--mcp-listen")?),
             Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
@@ -160,15 +178,14 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     }
 
     // Environment fallbacks, all here.
-    let health_probe = match (health_probe, env.health_probe) {
-        (Some(v), _) => v,
-        (None, Some(v)) => parse_bool(&v).ok_or_else(|| {
-            UsageError(format!(
-                "invalid value '{v}' for AGENT_HEALTH_PROBE, expected 1, true, 0 or false"
-            ))
-        })?,
-        (None, None) => false,
-    };
+    let health_probe = flag_or_env(health_probe, env.health_probe, "AGENT_HEALTH_PROBE")?;
+    let mcp_stdio = flag_or_env(mcp_stdio, env.mcp_stdio, "AGENT_MCP_STDIO")?;
+    let (mcp_listen, mcp_src) = pick(
+        mcp_listen,
+        env.mcp_listen,
+        "--mcp-listen",
+        "AGENT_MCP_LISTEN",
+    );
     let (interval, interval_src) = pick(
         interval,
         env.interval,
@@ -253,6 +270,14 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         },
     };
 
+    let mcp_listen = match mcp_listen {
+        None => None,
+        Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+            UsageError(format!(
+                "invalid value '{v}' for {mcp_src}, expected ADDR:PORT such as 127.0.0.1:9103"
+            ))
+        })?),
+    };
     let dns_server = match dns_server {
         None => None,
         Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
@@ -270,6 +295,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         routes_file,
         metrics_listen,
         dns_server,
+        mcp_stdio,
+        mcp_listen,
     }))
 }
 
@@ -291,6 +318,23 @@ fn pick(
         (Some(v), _) => (Some(v), flag_name),
         (None, Some(v)) => (Some(v), env_name),
         (None, None) => (None, flag_name),
+    }
+}
+
+/// A boolean flag if given, else its environment variable, else false.
+fn flag_or_env(
+    flag: Option<bool>,
+    env: Option<String>,
+    env_name: &str,
+) -> Result<bool, UsageError> {
+    match (flag, env) {
+        (Some(v), _) => Ok(v),
+        (None, Some(v)) => parse_bool(&v).ok_or_else(|| {
+            UsageError(format!(
+                "invalid value '{v}' for {env_name}, expected 1, true, 0 or false"
+            ))
+        }),
+        (None, None) => Ok(false),
     }
 }
 

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -19,22 +19,64 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::Config;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::http;
+use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
 use crate::prober::{Advance, Prober};
 use crate::signals::Signals;
 use crate::snapshot::Snapshot;
 use crate::source::{Refresh, RouteSource};
+use crate::stdio::{StdIn, StdOut};
 
 const SIGNALS: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
+const MCP_LISTENER: Token = Token(2);
+const STDIN: Token = Token(3);
+const STDOUT: Token = Token(4);
 /// The first token handed to a connection or probe socket.
 const FIRST_DYNAMIC_TOKEN: usize = 16;
 /// Events taken per `poll` call; more simply wait for the next call.
 const EVENTS_CAPACITY: usize = 256;
 
+/// MCP clients over TCP served at once: a few operators' AI clients per host; more is a
+/// leak or an attack. Past it the least recently active client is closed.
+pub const MCP_MAX_CONNECTIONS: usize = 64;
+/// An MCP client silent this long is closed (clients reconnect; sessions hold no state).
+pub const MCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A socket with a token from the counter.
 enum Entry {
     Http(http::Conn),
+    Mcp(McpConn),
+}
+
+impl Entry {
+    fn deadline(&self) -> Instant {
+        match self {
+            Entry::Http(c) => c.deadline,
+            Entry::Mcp(c) => c.deadline,
+        }
+    }
+}
+
+struct McpConn {
+    stream: mio::net::TcpStream,
+    peer: Peer,
+    deadline: Instant,
+}
+
+/// MCP on stdin/stdout.
+struct StdioPeer {
+    stdin: StdIn,
+    stdout: StdOut,
+    peer: Peer,
+}
+
+/// Whether the loop goes on after driving a peer.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// stdin reached EOF under --mcp-stdio: stop (exit 0).
+    Stop,
 }
 
 /// A failure that stops the agent (exit 1).
@@ -45,7 +87,11 @@ pub struct Agent {
     poll: Poll,
     signals: Signals,
     http_listener: Option<TcpListener>,
+    mcp_listener: Option<TcpListener>,
+    stdio: Option<StdioPeer>,
     entries: HashMap<Token, Entry>,
+    /// Entries (and STDIN) that yielded with work left: driven again without waiting.
+    again: Vec<Token>,
     next_token: usize,
     prober: Prober,
     source: RouteSource,
@@ -71,6 +117,26 @@ impl Agent {
             None => None,
             Some(addr) => Some(listen(&poll, addr, HTTP_LISTENER, "--metrics-listen")?),
         };
+        let mcp_listener = match config.mcp_listen {
+            None => None,
+            Some(addr) => Some(listen(&poll, addr, MCP_LISTENER, "--mcp-listen")?),
+        };
+        let stdio = if config.mcp_stdio {
+            let io_err = |e: io::Error| {
+                RuntimeError(format!("cannot use stdin/stdout for --mcp-stdio: {e}"))
+            };
+            let mut stdin = StdIn::new().map_err(io_err)?;
+            let mut stdout = StdOut::new().map_err(io_err)?;
+            stdin.register(poll.registry(), STDIN).map_err(io_err)?;
+            stdout.register(poll.registry(), STDOUT).map_err(io_err)?;
+            Some(StdioPeer {
+                stdin,
+                stdout,
+                peer: Peer::new(),
+            })
+        } else {
+            None
+        };
         snapshot.probe_enabled = config.health_probe;
         let resolver = Resolver::new(match config.dns_server {
             Some(server) => ResolverConfig::with_server(server),
@@ -81,7 +147,11 @@ impl Agent {
             poll,
             signals,
             http_listener,
+            mcp_listener,
+            stdio,
             entries: HashMap::new(),
+            // Stdin may hold input already (a file, a pipe written before we started).
+            again: vec![STDIN],
             next_token: FIRST_DYNAMIC_TOKEN,
             prober: Prober::new(
                 resolver,
@@ -102,15 +172,28 @@ impl Agent {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// The address the MCP listener is bound to.
+    pub fn mcp_addr(&self) -> Option<SocketAddr> {
+        self.mcp_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), RuntimeError> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let now = Instant::now();
             self.sweep(now);
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            for token in std::mem::take(&mut self.again) {
+                if self.drive(token, now) == Flow::Stop {
+                    return Ok(());
+                }
+            }
+            let timeout = if self.again.is_empty() {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(now))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -132,11 +215,16 @@ impl Agent {
                         }
                     }
                     HTTP_LISTENER => self.accept_http(now),
+                    MCP_LISTENER => self.accept_mcp(now),
                     token if Some(token) == self.prober.token() => {
                         let snap = &mut *self.snapshot.borrow_mut();
                         self.prober.on_event(now, wall, self.poll.registry(), snap);
                     }
-                    token => self.drive_entry(token, now),
+                    token => {
+                        if self.drive(token, now) == Flow::Stop {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -147,13 +235,11 @@ impl Agent {
         let expired: Vec<Token> = self
             .entries
             .iter()
-            .filter(|(_, e)| match e {
-                Entry::Http(c) => c.deadline <= now,
-            })
+            .filter(|(_, e)| e.deadline() <= now)
             .map(|(t, _)| *t)
             .collect();
         for token in expired {
-            log::debug!("http: connection timed out");
+            log::debug!("connection {} timed out", token.0);
             self.close(token);
         }
         loop {
@@ -180,9 +266,7 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let conns = self.entries.values().map(|e| match e {
-            Entry::Http(c) => c.deadline,
-        });
+        let conns = self.entries.values().map(Entry::deadline);
         conns.chain(self.prober.next_deadline()).min()
     }
 
@@ -279,20 +363,104 @@ impl Agent {
             self.entries
                 .insert(token, Entry::Http(http::Conn::new(stream, now)));
             // Edge-triggered: a request that arrived with the connection must be read now.
-            self.drive_entry(token, now);
+            self.drive(token, now);
         }
     }
 
-    fn drive_entry(&mut self, token: Token, now: Instant) {
-        let status = match self.entries.get_mut(&token) {
-            None => return, // stale or spurious: ignore
+    /// Drives the connection (or stdio) behind `token` after an event or a yield.
+    fn drive(&mut self, token: Token, now: Instant) -> Flow {
+        let snap = self.snapshot.borrow();
+        if token == STDIN || token == STDOUT {
+            let Some(stdio) = &mut self.stdio else {
+                return Flow::Go;
+            };
+            let mut io = mcp_peer::Stdio {
+                stdin: &mut stdio.stdin,
+                stdout: &mut stdio.stdout,
+            };
+            return match stdio.peer.drive(&mut io, &snap, SystemTime::now()) {
+                mcp_peer::Status::Continue => Flow::Go,
+                mcp_peer::Status::Yield => {
+                    self.again.push(STDIN);
+                    Flow::Go
+                }
+                mcp_peer::Status::Close => {
+                    log::info!("stdin closed: stopping");
+                    Flow::Stop
+                }
+            };
+        }
+        let close = match self.entries.get_mut(&token) {
+            None => false, // stale or spurious: ignore
             Some(Entry::Http(conn)) => {
-                let snap = self.snapshot.borrow();
-                conn.drive(now, &snap, &ProcessStats::read)
+                conn.drive(now, &snap, &ProcessStats::read) == http::Status::Close
+            }
+            Some(Entry::Mcp(conn)) => {
+                conn.deadline = now + MCP_IDLE_TIMEOUT;
+                match conn.peer.drive(&mut conn.stream, &snap, SystemTime::now()) {
+                    mcp_peer::Status::Continue => false,
+                    mcp_peer::Status::Yield => {
+                        self.again.push(token);
+                        false
+                    }
+                    mcp_peer::Status::Close => true,
+                }
             }
         };
-        if status == http::Status::Close {
+        drop(snap);
+        if close {
             self.close(token);
+        }
+        Flow::Go
+    }
+
+    fn accept_mcp(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.mcp_listener else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("mcp: accept failed: {e}");
+                    return;
+                }
+            };
+            let oldest = self
+                .entries
+                .iter()
+                .filter_map(|(t, e)| match e {
+                    Entry::Mcp(c) => Some((c.deadline, *t)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if oldest.len() >= MCP_MAX_CONNECTIONS {
+                if let Some(&(_, token)) = oldest.iter().min() {
+                    log::warn!(
+                        "mcp: at {MCP_MAX_CONNECTIONS} clients, closing the least recently active"
+                    );
+                    self.close(token);
+                }
+            }
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("mcp: cannot register a connection: {e}");
+                continue;
+            }
+            log::debug!("mcp: client {peer} connected");
+            let conn = McpConn {
+                stream,
+                peer: Peer::new(),
+                deadline: now + MCP_IDLE_TIMEOUT,
+            };
+            self.entries.insert(token, Entry::Mcp(conn));
         }
     }
 
@@ -300,6 +468,9 @@ impl Agent {
         if let Some(entry) = self.entries.remove(&token) {
             match entry {
                 Entry::Http(mut c) => {
+                    let _ = self.poll.registry().deregister(&mut c.stream);
+                }
+                Entry::Mcp(mut c) => {
                     let _ = self.poll.registry().deregister(&mut c.stream);
                 }
             }

@@ -8,6 +8,7 @@ pub mod event_loop;
 pub mod http;
 pub mod json;
 pub mod mcp;
+pub mod mcp_peer;
 pub mod metrics;
 pub mod prober;
 pub mod route;

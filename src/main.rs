@@ -62,9 +62,15 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
     };
     let routes = snapshot.routes.len();
     let mut agent = Agent::new(config, source, snapshot).map_err(|e| (1, e.0))?;
-    let listen = agent
+    let mut listen = agent
         .http_addr()
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    if let Some(mcp) = agent.mcp_addr() {
+        listen = format!("{listen}; mcp {mcp}");
+    }
+    if config.mcp_stdio {
+        listen.push_str("; mcp on stdio");
+    }
     match (config.health_probe, &config.routes_file) {
         (false, _) => log::info!(
             "health probing is off (--health-probe not given): serving metrics only; {routes} routes known; http {listen}"

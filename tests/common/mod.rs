@@ -59,7 +59,7 @@ impl Agent {
         let at = log.find("; http 127.0.0.1:").unwrap() + "; http ".len();
         let addr: String = log[at..]
             .chars()
-            .take_while(|c| !c.is_whitespace())
+            .take_while(|c| !c.is_whitespace() && *c != ';')
             .collect();
         agent.http = addr.parse().expect("bound address in the log");
         agent
