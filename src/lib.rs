@@ -2,3 +2,5 @@
 
 pub mod route;
 pub mod snapshot;
+#[cfg(feature = "postgres")]
+pub mod source_pg;
