@@ -8,8 +8,8 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::pg::{PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
-use common::rows;
+use common::pg::{rows, PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
+
 use sigma_agent_lite::route::Route;
 use sigma_agent_lite::source_pg::{
     Fetch, PgSource, BACKOFF_MIN, CONNECT_TIMEOUT, QUERY_TIMEOUT, ROUTES_SQL, STATEMENT_TIMEOUT,
