@@ -1,6 +1,17 @@
 //! sigma-agent-lite as a library: the modules the binary, the tests and the benches share.
+//! The data path, one direction: config -> route source -> prober -> snapshot -> renderers ->
+//! connections, all driven by the one event loop.
 
+pub mod config;
+pub mod dns;
+pub mod event_loop;
+pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod prober;
 pub mod route;
+pub mod signals;
 pub mod snapshot;
+pub mod source;
 #[cfg(feature = "postgres")]
 pub mod source_pg;

@@ -1,1 +1,80 @@
-fn main() {}
+//! sigma-agent-lite: parse the command line, start logging, read the routes, run the loop.
+//! Exit codes: 0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a usage error.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use sigma_agent_lite::config::{self, Command, Config, Env};
+use sigma_agent_lite::event_loop::Agent;
+use sigma_agent_lite::snapshot::Snapshot;
+use sigma_agent_lite::source::{FileSource, Refresh, RouteSource};
+
+fn main() -> ExitCode {
+    let command = match config::parse_args(lexopt::Parser::from_env(), Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match command {
+        Command::Help => {
+            print!("{}", config::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("sigma-agent-lite {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(c) => c,
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), (u8, String)> {
+    if let Some(asked) = config.timeout_clamped_from {
+        log::warn!(
+            "--health-probe-timeout {:?} is above the 3s maximum; using 3s",
+            asked
+        );
+    }
+    let mut snapshot = Snapshot::new(config.health_probe, config.interval, SystemTime::now());
+    let source = match &config.routes_file {
+        None => RouteSource::None,
+        Some(path) => {
+            let mut file = FileSource::new(path.clone());
+            match file.refresh(true) {
+                Refresh::Routes(routes) => {
+                    snapshot.set_routes(routes);
+                }
+                Refresh::Failed(message) => return Err((2, format!("{message}, --routes-file"))),
+                Refresh::Unchanged => {}
+            }
+            RouteSource::File(file)
+        }
+    };
+    let routes = snapshot.routes.len();
+    let mut agent = Agent::new(config, source, snapshot).map_err(|e| (1, e.0))?;
+    let listen = agent
+        .http_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    match (config.health_probe, &config.routes_file) {
+        (false, _) => log::info!(
+            "health probing is off (--health-probe not given): serving metrics only; {routes} routes known; http {listen}"
+        ),
+        (true, None) => log::warn!("health probing is on but no route source is given (--routes-file): nothing to probe; http {listen}"),
+        (true, Some(_)) => log::info!(
+            "probing {routes} routes every {:?} (timeout {:?}); http {listen}",
+            config.interval,
+            config.timeout
+        ),
+    }
+    agent.run().map_err(|e| (1, e.0))
+}

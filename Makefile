@@ -1,0 +1,58 @@
+# sigma-agent-lite — `make run` to see it work, `make test` for everything CI checks.
+CARGO   ?= cargo
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+BIN     := target/release/sigma-agent-lite
+
+.PHONY: all build run test test-default test-nopg lint ops bench install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# The agent's main job on loopback routes shipped in scripts/: one backend up, one down.
+run: build
+	RUST_LOG=$${RUST_LOG:-info} $(BIN) --health-probe --health-probe-interval 5 \
+		--routes-file scripts/routes.local --metrics-listen 127.0.0.1:9102
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
+
+test-default:
+	$(CARGO) test
+
+test-nopg:
+	$(CARGO) test --no-default-features
+
+ops:
+	scripts/check-ops.sh
+
+test: lint test-default test-nopg ops
+
+bench:
+	scripts/bench.sh
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/sigma-agent-lite
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/sigma-agent-lite|$(BINDIR)/sigma-agent-lite|' \
+		scripts/systemd/sigma-agent-lite.service > $(DESTDIR)$(UNITDIR)/sigma-agent-lite.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sigma-agent-lite.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/default/sigma-agent-lite || \
+		install -D -m 0600 scripts/sigma-agent-lite.env $(DESTDIR)$(SYSCONFDIR)/default/sigma-agent-lite
+	install -D -m 0644 scripts/routes.example $(DESTDIR)$(SYSCONFDIR)/sigma-agent-lite/routes.example
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/sigma-agent-lite
+	rm -f $(DESTDIR)$(UNITDIR)/sigma-agent-lite.service
+	rm -f $(DESTDIR)$(SYSCONFDIR)/sigma-agent-lite/routes.example
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/default/sigma-agent-lite (your settings); remove it by hand if unwanted"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,435 @@
+//! Command line and environment: what the agent is asked to do, validated once at start.
+//!
+//! lexopt's own `parse_args` shape: defaults as locals, one `match` per flag, and the
+//! environment fallbacks resolved in one place ([`Env`]) after the loop, so tests pass a
+//! made-up environment. Every error names the flag (or variable), the value and what would be
+//! valid; `main` prints it and exits 2.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The seed's `MAX_PROBE_TIMEOUT_SECS`: no probe waits longer, whatever is asked, so one stuck
+/// backend can never stall the cycle for long.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Below this the agent would spend its one core on starting cycles.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest interval accepted (a day): longer is surely a typo, and keeps deadline math far
+/// from overflow.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9102";
+
+pub const HELP: &str = "\
+sigma-agent-lite: TCP-probes the backends of this host's Envoy L4 routes and reports which
+it cannot reach, on Prometheus /metrics and through an MCP tool.
+
+USAGE:
+    sigma-agent-lite [OPTIONS]
+
+OPTIONS (each has an environment fallback; the flag wins):
+    --health-probe                    Probe the routes' backends. Without it the agent serves
+                                      /metrics but probes nothing.
+                                      env AGENT_HEALTH_PROBE (1/true/0/false), default off
+    --health-probe-interval D         Time between probe-cycle starts: 30, 30s, 1.5, 500ms, 2m
+                                      (minimum 100ms). env AGENT_HEALTH_PROBE_INTERVAL, default 30s
+    --health-probe-timeout D          Per-probe deadline (name lookup + connect); above 3s it is
+                                      clamped to 3s. env AGENT_HEALTH_PROBE_TIMEOUT, default 3s
+    --routes-file PATH                Routes to probe, one per line:
+                                      NODE ROUTE LISTEN_PORT HOST:PORT   (# comments)
+                                      Re-read when it changes and on SIGHUP.
+                                      env AGENT_ROUTES_FILE
+    --metrics-listen ADDR:PORT        HTTP listener for /metrics, /healthz and /.
+                                      env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
+    --metrics-port PORT               Keep the listen address, change the port; 0 turns the
+                                      HTTP listener off. env AGENT_METRICS_PORT
+    -h, --help                        Print this help.
+    -V, --version                     Print the version.
+
+LOGGING:
+    Logs go to stderr; RUST_LOG sets the level (error, warn, info, debug; default info).
+
+EXIT STATUS:
+    0 on SIGTERM/SIGINT, 1 on a runtime failure (e.g. the port is in use), 2 on bad usage.
+";
+
+/// Everything the agent needs to know, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub health_probe: bool,
+    pub interval: Duration,
+    /// Already clamped to [`MAX_PROBE_TIMEOUT`].
+    pub timeout: Duration,
+    /// The timeout asked for was above the clamp (main warns once).
+    pub timeout_clamped_from: Option<Duration>,
+    pub routes_file: Option<PathBuf>,
+    /// None when the HTTP listener is off (`--metrics-port 0`).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// What `parse_args` found: run, or print help/version.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// A usage error: exit 2 with this message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<lexopt::Error> for UsageError {
+    fn from(e: lexopt::Error) -> Self {
+        UsageError(format!("{e}; see --help"))
+    }
+}
+
+/// The environment fallbacks, looked up in one place.
+#[derive(Default, Debug)]
+pub struct Env {
+    pub health_probe: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub routes_file: Option<OsString>,
+    pub metrics_listen: Option<String>,
+    pub metrics_port: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment. An empty variable counts as unset.
+    pub fn from_process() -> Env {
+        let s = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            health_probe: s("AGENT_HEALTH_PROBE"),
+            interval: s("AGENT_HEALTH_PROBE_INTERVAL"),
+            timeout: s("AGENT_HEALTH_PROBE_TIMEOUT"),
+            routes_file: std::env::var_os("AGENT_ROUTES_FILE").filter(|v| !v.is_empty()),
+            metrics_listen: s("AGENT_METRICS_LISTEN"),
+            metrics_port: s("AGENT_METRICS_PORT"),
+        }
+    }
+}
+
+/// Parses the command line, falling back to `env` for what the flags don't say.
+pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+
+    let mut health_probe: Option<bool> = None;
+    let mut interval: Option<String> = None;
+    let mut timeout: Option<String> = None;
+    let mut routes_file: Option<PathBuf> = None;
+    let mut metrics_listen: Option<String> = None;
+    let mut metrics_port: Option<String> = None;
+
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("health-probe") => health_probe = Some(true),
+            Long("health-probe-interval") => {
+                interval = Some(string(&mut parser, "--health-probe-interval")?)
+            }
+            Long("health-probe-timeout") => {
+                timeout = Some(string(&mut parser, "--health-probe-timeout")?)
+            }
+            Long("routes-file") => routes_file = Some(parser.value()?.into()),
+            Long("metrics-listen") => {
+                metrics_listen = Some(string(&mut parser, "--metrics-listen")?)
+            }
+            Long("metrics-port") => metrics_port = Some(string(&mut parser, "--metrics-port")?),
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+
+    // Environment fallbacks, all here.
+    let health_probe = match (health_probe, env.health_probe) {
+        (Some(v), _) => v,
+        (None, Some(v)) => parse_bool(&v).ok_or_else(|| {
+            UsageError(format!(
+                "invalid value '{v}' for AGENT_HEALTH_PROBE, expected 1, true, 0 or false"
+            ))
+        })?,
+        (None, None) => false,
+    };
+    let (interval, interval_src) = pick(
+        interval,
+        env.interval,
+        "--health-probe-interval",
+        "AGENT_HEALTH_PROBE_INTERVAL",
+    );
+    let (timeout, timeout_src) = pick(
+        timeout,
+        env.timeout,
+        "--health-probe-timeout",
+        "AGENT_HEALTH_PROBE_TIMEOUT",
+    );
+    let routes_file = routes_file.or(env.routes_file.map(PathBuf::from));
+    let (metrics_listen, listen_src) = pick(
+        metrics_listen,
+        env.metrics_listen,
+        "--metrics-listen",
+        "AGENT_METRICS_LISTEN",
+    );
+    let (metrics_port, port_src) = pick(
+        metrics_port,
+        env.metrics_port,
+        "--metrics-port",
+        "AGENT_METRICS_PORT",
+    );
+
+    let interval = match interval {
+        None => DEFAULT_INTERVAL,
+        Some(v) => {
+            let d = parse_duration(&v)
+                .map_err(|e| UsageError(format!("invalid value '{v}' for {interval_src}: {e}")))?;
+            if d < MIN_INTERVAL || d > MAX_INTERVAL {
+                return Err(UsageError(format!(
+                    "invalid value '{v}' for {interval_src}: must be between 100ms and 24h"
+                )));
+            }
+            d
+        }
+    };
+    let asked_timeout = match timeout {
+        None => MAX_PROBE_TIMEOUT,
+        Some(v) => {
+            let d = parse_duration(&v)
+                .map_err(|e| UsageError(format!("invalid value '{v}' for {timeout_src}: {e}")))?;
+            if d.is_zero() {
+                return Err(UsageError(format!(
+                    "invalid value '{v}' for {timeout_src}: must be above 0 (at most 3s is used)"
+                )));
+            }
+            d
+        }
+    };
+    let timeout = asked_timeout.min(MAX_PROBE_TIMEOUT);
+    let timeout_clamped_from = (asked_timeout > MAX_PROBE_TIMEOUT).then_some(asked_timeout);
+
+    let listen_text = metrics_listen.unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_owned());
+    let mut listen: SocketAddr = listen_text.parse().map_err(|_| {
+        UsageError(format!(
+            "invalid value '{listen_text}' for {listen_src}, expected ADDR:PORT such as 0.0.0.0:9102 or [::]:9102"
+        ))
+    })?;
+    let metrics_listen = match metrics_port {
+        None => Some(listen),
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) => None,
+            Ok(port) => {
+                listen.set_port(port);
+                Some(listen)
+            }
+            Err(_) => {
+                return Err(UsageError(format!(
+                    "invalid value '{p}' for {port_src}, expected a port 0-65535 (0 turns the listener off)"
+                )))
+            }
+        },
+    };
+
+    Ok(Command::Run(Config {
+        health_probe,
+        interval,
+        timeout,
+        timeout_clamped_from,
+        routes_file,
+        metrics_listen,
+    }))
+}
+
+fn string(parser: &mut lexopt::Parser, flag: &str) -> Result<String, UsageError> {
+    parser
+        .value()?
+        .into_string()
+        .map_err(|v| UsageError(format!("invalid value {v:?} for {flag}: not UTF-8")))
+}
+
+/// The flag's value if given, else the environment's; with the name to blame in errors.
+fn pick(
+    flag: Option<String>,
+    env: Option<String>,
+    flag_name: &'static str,
+    env_name: &'static str,
+) -> (Option<String>, &'static str) {
+    match (flag, env) {
+        (Some(v), _) => (Some(v), flag_name),
+        (None, Some(v)) => (Some(v), env_name),
+        (None, None) => (None, flag_name),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `30`, `30s`, `1.5`, `500ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration such as 30, 30s, 1.5, 500ms or 2m";
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(EXPECTED.into()),
+    };
+    let valid_number = !number.is_empty()
+        && number.matches('.').count() <= 1
+        && !number.starts_with('.')
+        && !number.ends_with('.');
+    if !valid_number {
+        return Err(EXPECTED.into());
+    }
+    let value: f64 = number.parse().map_err(|_| EXPECTED.to_string())?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err("duration is too large".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: Env) -> Result<Command, UsageError> {
+        let mut all = vec!["sigma-agent-lite"];
+        all.extend_from_slice(args);
+        parse_args(lexopt::Parser::from_iter(all), env)
+    }
+
+    fn run(args: &[&str]) -> Config {
+        match parse(args, Env::default()) {
+            Ok(Command::Run(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&[]);
+        assert!(!c.health_probe);
+        assert_eq!(c.interval, Duration::from_secs(30));
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.timeout_clamped_from, None);
+        assert_eq!(c.routes_file, None);
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9102".parse().unwrap()));
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("30", 30_000),
+            ("30s", 30_000),
+            ("1.5", 1_500),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["", "s", "1.2.3", ".5", "5.", "-1", "1x", "1 s", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_env_and_timeout_is_clamped() {
+        let env = Env {
+            health_probe: Some("true".into()),
+            interval: Some("5s".into()),
+            timeout: Some("10s".into()),
+            metrics_port: Some("9200".into()),
+            ..Env::default()
+        };
+        let Ok(Command::Run(c)) = parse(&["--health-probe-interval", "500ms"], env) else {
+            panic!()
+        };
+        assert!(c.health_probe);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.timeout, MAX_PROBE_TIMEOUT);
+        assert_eq!(c.timeout_clamped_from, Some(Duration::from_secs(10)));
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9200".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_listen_port_shorthand_and_off() {
+        let c = run(&["--metrics-listen", "[::1]:9102", "--metrics-port", "9300"]);
+        assert_eq!(c.metrics_listen, Some("[::1]:9300".parse().unwrap()));
+        assert_eq!(run(&["--metrics-port", "0"]).metrics_listen, None);
+    }
+
+    #[test]
+    fn errors_name_flag_value_and_what_is_valid() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--health-probe-interval", "50ms"],
+                "'50ms' for --health-probe-interval: must be between 100ms and 24h",
+            ),
+            (
+                &["--health-probe-interval", "soon"],
+                "'soon' for --health-probe-interval: expected a duration",
+            ),
+            (
+                &["--health-probe-timeout", "0"],
+                "'0' for --health-probe-timeout: must be above 0",
+            ),
+            (
+                &["--metrics-listen", "9102"],
+                "'9102' for --metrics-listen, expected ADDR:PORT",
+            ),
+            (
+                &["--metrics-port", "x"],
+                "'x' for --metrics-port, expected a port",
+            ),
+            (&["--bogus"], "invalid option '--bogus'"),
+            (
+                &["--routes-file"],
+                "missing argument for option '--routes-file'",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = parse(args, Env::default()).unwrap_err();
+            assert!(e.0.contains(want), "{args:?}: {e}");
+        }
+        let env = Env {
+            interval: Some("fast".into()),
+            ..Env::default()
+        };
+        let e = parse(&[], env).unwrap_err();
+        assert!(e.0.contains("AGENT_HEALTH_PROBE_INTERVAL"), "{e}");
+        let env = Env {
+            health_probe: Some("maybe".into()),
+            ..Env::default()
+        };
+        assert!(parse(&[], env)
+            .unwrap_err()
+            .0
+            .contains("AGENT_HEALTH_PROBE"));
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(&["--help"], Env::default()), Ok(Command::Help));
+        assert_eq!(parse(&["-V"], Env::default()), Ok(Command::Version));
+    }
+}

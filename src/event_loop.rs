@@ -1,0 +1,314 @@
+//! The event loop: one `mio::Poll` on one thread owns every socket, the clock and the
+//! snapshot, and calls into each part; the parts don't call each other sideways.
+//!
+//! Listeners and the signalfd have fixed tokens; every other socket gets the next value of a
+//! counter that only goes up (tokens are never reused, so a stale event can't reach a new
+//! socket) and an entry in one map. Events for unknown tokens are ignored. `poll` sleeps until
+//! the earliest deadline (the probe in flight, the next cycle, connection timeouts), and every
+//! wake-up sweeps what is due, whether or not events arrived.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::Config;
+use crate::http;
+use crate::metrics::ProcessStats;
+use crate::prober::{Advance, Prober};
+use crate::signals::Signals;
+use crate::snapshot::Snapshot;
+use crate::source::{Refresh, RouteSource};
+
+const SIGNALS: Token = Token(0);
+const HTTP_LISTENER: Token = Token(1);
+/// The first token handed to a connection or probe socket.
+const FIRST_DYNAMIC_TOKEN: usize = 16;
+/// Events taken per `poll` call; more simply wait for the next call.
+const EVENTS_CAPACITY: usize = 256;
+
+/// A socket with a token from the counter.
+enum Entry {
+    Http(http::Conn),
+}
+
+/// A failure that stops the agent (exit 1).
+#[derive(Debug)]
+pub struct RuntimeError(pub String);
+
+pub struct Agent {
+    poll: Poll,
+    signals: Signals,
+    http_listener: Option<TcpListener>,
+    entries: HashMap<Token, Entry>,
+    next_token: usize,
+    prober: Prober,
+    source: RouteSource,
+    snapshot: RefCell<Snapshot>,
+}
+
+impl Agent {
+    /// Binds the listeners and prepares everything; `routes` is the initial route set (already
+    /// read and validated by the caller, so a bad file fails before anything is bound).
+    pub fn new(
+        config: &Config,
+        source: RouteSource,
+        mut snapshot: Snapshot,
+    ) -> Result<Agent, RuntimeError> {
+        let poll =
+            Poll::new().map_err(|e| RuntimeError(format!("cannot create the event loop: {e}")))?;
+        let signals = Signals::new()
+            .map_err(|e| RuntimeError(format!("cannot set up signal handling: {e}")))?;
+        signals
+            .register(poll.registry(), SIGNALS)
+            .map_err(|e| RuntimeError(format!("cannot watch signals: {e}")))?;
+        let http_listener = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some(listen(&poll, addr, HTTP_LISTENER, "--metrics-listen")?),
+        };
+        snapshot.probe_enabled = config.health_probe;
+        let now = Instant::now();
+        Ok(Agent {
+            poll,
+            signals,
+            http_listener,
+            entries: HashMap::new(),
+            next_token: FIRST_DYNAMIC_TOKEN,
+            prober: Prober::new(config.health_probe, config.interval, config.timeout, now),
+            source,
+            snapshot: RefCell::new(snapshot),
+        })
+    }
+
+    /// The address the HTTP listener is bound to (useful with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> Result<(), RuntimeError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let now = Instant::now();
+            self.sweep(now);
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RuntimeError(format!("event loop failed: {e}"))),
+            }
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => {
+                        let pending = self.signals.drain();
+                        if pending.quit {
+                            log::info!("stopping on signal");
+                            return Ok(());
+                        }
+                        if pending.reload {
+                            log::info!("SIGHUP: re-reading the route source");
+                            self.refresh_routes(true, now);
+                        }
+                    }
+                    HTTP_LISTENER => self.accept_http(now),
+                    token if Some(token) == self.prober.token() => {
+                        let snap = &mut *self.snapshot.borrow_mut();
+                        self.prober.on_event(now, wall, self.poll.registry(), snap);
+                    }
+                    token => self.drive_entry(token, now),
+                }
+            }
+        }
+    }
+
+    /// Everything that is due at `now`: expired connections, probes and cycles.
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| match e {
+                Entry::Http(c) => c.deadline <= now,
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            log::debug!("http: connection timed out");
+            self.close(token);
+        }
+        loop {
+            let wall = SystemTime::now();
+            let advance = {
+                let snap = &mut *self.snapshot.borrow_mut();
+                let next_token = &mut self.next_token;
+                let mut tokens = || {
+                    let t = Token(*next_token);
+                    *next_token += 1;
+                    t
+                };
+                self.prober
+                    .advance(now, wall, self.poll.registry(), snap, &mut tokens)
+            };
+            match advance {
+                Advance::Wait => break,
+                Advance::CycleDue => {
+                    self.refresh_routes(false, now);
+                    self.prober.start_cycle(now);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let conns = self.entries.values().map(|e| match e {
+            Entry::Http(c) => c.deadline,
+        });
+        conns.chain(self.prober.next_deadline()).min()
+    }
+
+    /// Reads the route source again; a changed set replaces the snapshot's routes.
+    fn refresh_routes(&mut self, force: bool, now: Instant) {
+        let started = Instant::now();
+        let refresh = match &mut self.source {
+            RouteSource::None => Refresh::Unchanged,
+            RouteSource::File(f) => f.refresh(force),
+        };
+        let snap = &mut *self.snapshot.borrow_mut();
+        match refresh {
+            Refresh::Unchanged => {}
+            Refresh::Routes(routes) => {
+                let count = routes.len();
+                snap.source.up = true;
+                snap.source.fetch_duration = Some(started.elapsed());
+                if snap.set_routes(routes) {
+                    log::info!("route set changed: {count} routes");
+                    if force {
+                        // The set changed under a cycle in progress: start over with it.
+                        self.prober.restart(self.poll.registry(), now);
+                    }
+                }
+            }
+            Refresh::Failed(message) => {
+                snap.source.up = false;
+                snap.source.errors_total += 1;
+                log::warn!(
+                    "{message}; keeping the {} routes already known",
+                    snap.routes.len()
+                );
+            }
+        }
+    }
+
+    fn accept_http(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.http_listener else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and wait for the next event rather than spin.
+                    log::warn!("http: accept failed: {e}");
+                    return;
+                }
+            };
+            let http_count = self
+                .entries
+                .values()
+                .filter(|e| matches!(e, Entry::Http(_)))
+                .count();
+            if http_count >= http::MAX_CONNECTIONS {
+                let victim = self
+                    .entries
+                    .iter()
+                    .filter_map(|(t, e)| match e {
+                        Entry::Http(c) if c.evictable() => Some((c.accepted_at, *t)),
+                        _ => None,
+                    })
+                    .min();
+                match victim {
+                    Some((_, token)) => {
+                        log::debug!(
+                            "http: at {} connections, evicting the oldest silent one",
+                            http::MAX_CONNECTIONS
+                        );
+                        self.close(token);
+                    }
+                    None => {
+                        log::warn!(
+                            "http: {} connections all busy, refusing {peer} with 503",
+                            http::MAX_CONNECTIONS
+                        );
+                        http::refuse(stream);
+                        continue;
+                    }
+                }
+            }
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("http: cannot register a connection: {e}");
+                continue;
+            }
+            self.entries
+                .insert(token, Entry::Http(http::Conn::new(stream, now)));
+            // Edge-triggered: a request that arrived with the connection must be read now.
+            self.drive_entry(token, now);
+        }
+    }
+
+    fn drive_entry(&mut self, token: Token, now: Instant) {
+        let status = match self.entries.get_mut(&token) {
+            None => return, // stale or spurious: ignore
+            Some(Entry::Http(conn)) => {
+                let snap = self.snapshot.borrow();
+                conn.drive(now, &snap, &ProcessStats::read)
+            }
+        };
+        if status == http::Status::Close {
+            self.close(token);
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(entry) = self.entries.remove(&token) {
+            match entry {
+                Entry::Http(mut c) => {
+                    let _ = self.poll.registry().deregister(&mut c.stream);
+                }
+            }
+        }
+    }
+}
+
+fn listen(
+    poll: &Poll,
+    addr: SocketAddr,
+    token: Token,
+    flag: &str,
+) -> Result<TcpListener, RuntimeError> {
+    let mut listener = TcpListener::bind(addr).map_err(|e| {
+        RuntimeError(format!(
+            "cannot listen on {addr}: {e}, {flag}, use a free port"
+        ))
+    })?;
+    poll.registry()
+        .register(&mut listener, token, Interest::READABLE)
+        .map_err(|e| RuntimeError(format!("cannot watch {addr}: {e}")))?;
+    Ok(listener)
+}

@@ -1,0 +1,570 @@
+//! HTTP/1.1 for `/metrics`, `/healthz` and `/`: a pure request-head parser, the responses,
+//! and the per-connection state the event loop drives.
+//!
+//! Only GET and HEAD of three fixed paths are served, so a request body is never needed: a
+//! request that announces one is answered and the connection closed (its bytes would
+//! otherwise be read as the next request). Keep-alive (HTTP/1.1 default, HTTP/1.0 with
+//! `Connection: keep-alive`) and `Connection: close` are honoured; pipelined requests are
+//! answered one at a time, the next parsed only once the previous response is written, so a
+//! client cannot make us buffer more than one response.
+//!
+//! Limits (named below): [`MAX_CONNECTIONS`], [`MAX_HEAD_BYTES`], [`IDLE_TIMEOUT`],
+//! [`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`].
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::metrics::{self, ProcessStats};
+use crate::snapshot::Snapshot;
+
+/// Connections served at once. Prometheus needs one; 256 leaves room for curls and
+/// dashboards while bounding memory (~8 KiB of head buffer each at most, plus the response
+/// being written). Past it the oldest connection that has not completed a request is evicted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Largest request head (request line + headers): a scrape's is ~200 bytes; 8 KiB is what
+/// common servers accept. Larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// A connection with nothing to say for this long (before its first request, or between
+/// keep-alive requests) is closed. Prometheus reuses its connection every scrape interval
+/// and reconnects transparently.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once a request head has started, it must be complete within this (slowloris bound).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A response that makes no progress for this long is abandoned (a peer that stopped reading).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response buffers above this are freed after use, so one big scrape doesn't pin memory in
+/// every keep-alive connection.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+/// Room reserved before a rendered body for the status line and headers, so the head can be
+/// written in front of the body without moving it.
+const HEAD_RESERVE: usize = 256;
+
+const INDEX_HTML: &str = "<html><head><title>sigma-agent-lite</title></head><body>\
+<h1>sigma-agent-lite</h1><p><a href=\"/metrics\">/metrics</a> \
+<a href=\"/healthz\">/healthz</a></p></body></html>\n";
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// A parsed request head. Borrowed from the input buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: Method,
+    /// The path without its query string.
+    pub path: &'a str,
+    /// The connection is to be closed after the response.
+    pub close: bool,
+}
+
+/// The result of looking at the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse<'a> {
+    /// Need more bytes.
+    Incomplete,
+    /// A whole head, and its length in bytes (terminator included).
+    Complete(Request<'a>, usize),
+    /// Answer with this status and close.
+    Error(u16),
+}
+
+/// Parses one request head from the start of `buf`. Pure.
+pub fn parse_head(buf: &[u8]) -> Parse<'_> {
+    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() >= MAX_HEAD_BYTES {
+            Parse::Error(431)
+        } else {
+            Parse::Incomplete
+        };
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Parse::Error(400);
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parse::Error(400);
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) || !target.starts_with('/') {
+        return Parse::Error(400);
+    }
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Parse::Error(400);
+    }
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        v if v.starts_with("HTTP/") => return Parse::Error(505),
+        _ => return Parse::Error(400),
+    };
+    let mut close = !http11;
+    let mut host = false;
+    let mut body = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Parse::Error(400);
+        };
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Parse::Error(400); // includes obsolete line folding and space before ':'
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("host") {
+            if host {
+                return Parse::Error(400);
+            }
+            host = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in value.split(',').map(str::trim) {
+                if option.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if option.eq_ignore_ascii_case("keep-alive") && !http11 {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<u64>() {
+                Ok(0) => {}
+                Ok(_) => body = true,
+                Err(_) => return Parse::Error(400),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            body = true;
+        }
+    }
+    if http11 && !host {
+        return Parse::Error(400); // RFC 9112 §3.2: a 1.1 request without Host gets 400
+    }
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    Parse::Complete(
+        Request {
+            method,
+            path,
+            close: close || body,
+        },
+        end + 4,
+    )
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Writes a whole response (head and, unless `head_only`, body) into `out`, returning the
+/// offset in `out` where it starts. The body may already be in `out` at [`HEAD_RESERVE`]:
+/// pass `body_in_place = true` and the head is written in the reserved room before it.
+fn finish_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    close: bool,
+    head_only: bool,
+    body_len: usize,
+) -> usize {
+    let mut head = Vec::with_capacity(HEAD_RESERVE);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(reason_phrase(status).as_bytes());
+    head.extend_from_slice(b"\r\nContent-Type: ");
+    head.extend_from_slice(content_type.as_bytes());
+    head.extend_from_slice(b"\r\nContent-Length: ");
+    head.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(extra.as_bytes());
+    if close {
+        head.extend_from_slice(b"Connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    if head_only {
+        out.truncate(HEAD_RESERVE);
+    }
+    // The head is short and bounded (fixed strings); HEAD_RESERVE has room for it.
+    let start = HEAD_RESERVE.saturating_sub(head.len());
+    out[start..HEAD_RESERVE].copy_from_slice(&head[..HEAD_RESERVE - start]);
+    start
+}
+
+/// Builds the response to `req` into `out` (cleared first); returns where it starts.
+pub fn respond(
+    req: &Request<'_>,
+    snap: &Snapshot,
+    process: impl FnOnce() -> ProcessStats,
+    out: &mut Vec<u8>,
+) -> usize {
+    out.clear();
+    out.resize(HEAD_RESERVE, 0);
+    let head_only = req.method == Method::Head;
+    let known = matches!(req.path, "/metrics" | "/healthz" | "/");
+    let (status, content_type, extra) = match (req.method, req.path) {
+        (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
+        (_, "/metrics") => {
+            metrics::render(snap, &process(), out);
+            (200, metrics::CONTENT_TYPE, "")
+        }
+        (_, "/healthz") => {
+            out.extend_from_slice(b"ok\n");
+            (200, "text/plain; charset=utf-8", "")
+        }
+        (_, "/") => {
+            out.extend_from_slice(INDEX_HTML.as_bytes());
+            (200, "text/html; charset=utf-8", "")
+        }
+        _ => (404, "text/plain; charset=utf-8", ""),
+    };
+    if status != 200 {
+        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.push(b'\n');
+    }
+    let body_len = out.len() - HEAD_RESERVE;
+    finish_response(
+        out,
+        status,
+        content_type,
+        extra,
+        req.close,
+        head_only,
+        body_len,
+    )
+}
+
+/// Builds an error response (the connection closes after it); returns where it starts.
+pub fn respond_error(status: u16, out: &mut Vec<u8>) -> usize {
+    out.clear();
+    out.resize(HEAD_RESERVE, 0);
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.push(b'\n');
+    let body_len = out.len() - HEAD_RESERVE;
+    finish_response(
+        out,
+        status,
+        "text/plain; charset=utf-8",
+        "",
+        true,
+        false,
+        body_len,
+    )
+}
+
+/// What the event loop should do with a connection after driving it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    Continue,
+    Close,
+}
+
+/// One HTTP client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    close_after_write: bool,
+    /// Requests answered on this connection.
+    served: u64,
+    pub accepted_at: Instant,
+    /// When this connection times out (idle, slow head, or stalled write).
+    pub deadline: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, now: Instant) -> Conn {
+        Conn {
+            stream,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            close_after_write: false,
+            served: 0,
+            accepted_at: now,
+            deadline: now + IDLE_TIMEOUT,
+        }
+    }
+
+    /// May be evicted to make room: it has never had a request answered and is not
+    /// answering one now.
+    pub fn evictable(&self) -> bool {
+        self.served == 0 && self.out_pos >= self.out.len()
+    }
+
+    /// Reads, answers and writes until the socket would block. `process` reads the process
+    /// figures, only when a /metrics response is built.
+    pub fn drive(
+        &mut self,
+        now: Instant,
+        snap: &Snapshot,
+        process: &dyn Fn() -> ProcessStats,
+    ) -> Status {
+        loop {
+            if self.out_pos < self.out.len() {
+                match self.flush() {
+                    Ok(true) => {}
+                    Ok(false) => return Status::Continue,
+                    Err(e) => {
+                        log::debug!("http: write failed: {e}");
+                        return Status::Close;
+                    }
+                }
+                if self.close_after_write {
+                    return Status::Close;
+                }
+                self.served += 1;
+                self.deadline = now + IDLE_TIMEOUT;
+                if self.out.capacity() > KEEP_BUFFER_BYTES {
+                    self.out = Vec::new();
+                }
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            match parse_head(&self.inbuf) {
+                Parse::Complete(req, len) => {
+                    self.close_after_write = req.close;
+                    self.out_pos = respond(&req, snap, process, &mut self.out);
+                    self.inbuf.drain(..len);
+                    self.deadline = now + WRITE_TIMEOUT;
+                    continue;
+                }
+                Parse::Error(status) => {
+                    log::debug!("http: bad request, answering {status}");
+                    self.close_after_write = true;
+                    self.out_pos = respond_error(status, &mut self.out);
+                    self.inbuf.clear();
+                    self.deadline = now + WRITE_TIMEOUT;
+                    continue;
+                }
+                Parse::Incomplete => {}
+            }
+            let mut chunk = [0u8; 4096];
+            let room = (MAX_HEAD_BYTES + 4 - self.inbuf.len()).min(chunk.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return Status::Close,
+                Ok(n) => {
+                    if self.inbuf.is_empty() {
+                        self.deadline = self.deadline.min(now + HEAD_TIMEOUT);
+                    }
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Status::Continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("http: read failed: {e}");
+                    return Status::Close;
+                }
+            }
+        }
+    }
+
+    /// Writes pending output; Ok(true) when all is written, Ok(false) on WouldBlock.
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Answers a connection we won't keep (over the limit) with a 503, best effort.
+pub fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    let start = respond_error(503, &mut out);
+    let _ = stream.write(&out[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse_head(buf) {
+            Parse::Complete(r, n) => (r, n),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_scrape() {
+        let buf = b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n";
+        let (req, len) = complete(buf);
+        assert_eq!(
+            req,
+            Request {
+                method: Method::Get,
+                path: "/metrics",
+                close: false
+            }
+        );
+        assert_eq!(&buf[len..len + 3], b"GET");
+    }
+
+    #[test]
+    fn connection_semantics() {
+        assert!(
+            complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .0
+                .close
+        );
+        assert!(complete(b"GET / HTTP/1.0\r\n\r\n").0.close);
+        assert!(
+            !complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .close
+        );
+        assert!(
+            complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+                .0
+                .close
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+                .0
+                .close
+        );
+        assert_eq!(
+            complete(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
+            Method::Head
+        );
+        assert_eq!(
+            complete(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
+            Method::Other
+        );
+    }
+
+    #[test]
+    fn incomplete_and_errors() {
+        assert_eq!(parse_head(b""), Parse::Incomplete);
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parse::Incomplete
+        );
+        let bad: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n\r\n",                  // no Host
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",      // double space
+            b"GET metrics HTTP/1.1\r\nHost: a\r\n\r\n", // not origin-form
+            b"GET / FTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n",
+        ];
+        for b in bad {
+            assert_eq!(
+                parse_head(b),
+                Parse::Error(400),
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        assert_eq!(parse_head(b"GET / HTTP/2.0\r\n\r\n"), Parse::Error(505));
+    }
+
+    #[test]
+    fn head_size_limit() {
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        big.resize(MAX_HEAD_BYTES - 4, b'a');
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(big.len(), MAX_HEAD_BYTES);
+        assert!(matches!(parse_head(&big), Parse::Complete(..)));
+        let mut over = big[..MAX_HEAD_BYTES - 4].to_vec();
+        over.extend_from_slice(b"a\r\n\r\n");
+        assert_eq!(parse_head(&over), Parse::Error(431));
+    }
+
+    fn response(req: &Request<'_>) -> String {
+        let snap = Snapshot::new(
+            false,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let mut out = Vec::new();
+        let start = respond(req, &snap, ProcessStats::default, &mut out);
+        String::from_utf8(out[start..].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn responses() {
+        let get = |path| Request {
+            method: Method::Get,
+            path,
+            close: false,
+        };
+        assert_eq!(
+            response(&get("/healthz")),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\nok\n"
+        );
+        assert_eq!(
+            response(&get("/nope")),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 10\r\n\r\nNot Found\n"
+        );
+        let post = Request {
+            method: Method::Other,
+            path: "/metrics",
+            close: true,
+        };
+        assert_eq!(
+            response(&post),
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\nMethod Not Allowed\n"
+        );
+        let head = Request {
+            method: Method::Head,
+            path: "/metrics",
+            close: false,
+        };
+        let text = response(&head);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
+        assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text}");
+        let len: usize = text
+            .split("Content-Length: ")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let full = response(&get("/metrics"));
+        assert_eq!(full.len() - full.find("\r\n\r\n").unwrap() - 4, len);
+        let mut out = Vec::new();
+        let start = respond_error(431, &mut out);
+        assert_eq!(
+            &out[start..],
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n"
+        );
+    }
+}

@@ -1,0 +1,504 @@
+//! Prometheus text exposition (format 0.0.4), rendered by hand from the snapshot.
+//!
+//! `render` is pure: snapshot and process figures in, bytes appended to a reused
+//! buffer. Metric names are `const`s here and nowhere else; `# HELP`/`# TYPE` are written
+//! once per family; label values are escaped in exactly one function, [`write_label_value`].
+//! The process figures are read from `/proc/self` by [`ProcessStats::read`], the one function
+//! in this file that does I/O, called by the HTTP handler just before rendering.
+//!
+//! Per-route series: `sigma_backend_reachable` once the route has been probed, the latency
+//! while its last probe succeeded, a failure counter per reason that has happened (zero-valued
+//! reasons are left out: five series per route would triple the scrape for nothing), and the
+//! DNS lookup time for routes given by name.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use crate::snapshot::{Outcome, Reason, RouteState, Snapshot};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub const BACKEND_REACHABLE: &str = "sigma_backend_reachable";
+pub const BACKEND_LATENCY_MS: &str = "sigma_backend_probe_latency_ms";
+pub const BACKEND_FAILURES: &str = "sigma_backend_probe_failures_total";
+pub const BACKEND_DNS_SECONDS: &str = "sigma_backend_dns_lookup_seconds";
+pub const CYCLES: &str = "sigma_probe_cycles_total";
+pub const OVERRUNS: &str = "sigma_probe_cycle_overruns_total";
+pub const CYCLE_DURATION: &str = "sigma_probe_cycle_duration_seconds";
+pub const INTERVAL: &str = "sigma_probe_interval_seconds";
+pub const LAST_CYCLE_END: &str = "sigma_probe_last_cycle_end_timestamp_seconds";
+pub const ROUTES: &str = "sigma_routes";
+pub const SOURCE_UP: &str = "sigma_route_source_up";
+pub const SOURCE_ERRORS: &str = "sigma_route_source_errors_total";
+pub const FETCH_DURATION: &str = "sigma_route_fetch_duration_seconds";
+pub const VPS_REGISTERED: &str = "sigma_vps_registered";
+pub const PROBE_ENABLED: &str = "sigma_health_probe_enabled";
+pub const BUILD_INFO: &str = "sigma_build_info";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START: &str = "process_start_time_seconds";
+
+/// Figures about this process, from `/proc/self`. Missing ones are left out of the output.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    pub resident_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/{stat,fd,limits}`. Never fails: what can't be read is `None`.
+    pub fn read() -> ProcessStats {
+        let mut stats = ProcessStats::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            let (cpu_ticks, rss_pages) = parse_stat(&stat);
+            // SAFETY: sysconf has no preconditions; it only reads system configuration.
+            let (tck, page) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_CLK_TCK),
+                    libc::sysconf(libc::_SC_PAGESIZE),
+                )
+            };
+            if tck > 0 {
+                stats.cpu_seconds = cpu_ticks.map(|t| t as f64 / tck as f64);
+            }
+            if page > 0 {
+                stats.resident_bytes = rss_pages.map(|p| p * page as u64);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // One entry is the directory handle itself, open while we count.
+            stats.open_fds = Some(dir.count().saturating_sub(1) as u64);
+        }
+        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+            stats.max_fds = parse_max_fds(&limits);
+        }
+        stats
+    }
+}
+
+/// From `/proc/self/stat`: (utime + stime in clock ticks, rss in pages). The command name is
+/// in parentheses and may contain spaces, so fields are counted after the last `)`.
+fn parse_stat(stat: &str) -> (Option<u64>, Option<u64>) {
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return (None, None);
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the `)`: field 3 (state) is index 0, utime (14) is 11, stime (15) 12, rss (24) 21.
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let cpu = match (num(11), num(12)) {
+        (Some(u), Some(s)) => Some(u + s),
+        _ => None,
+    };
+    (cpu, num(21))
+}
+
+fn parse_max_fds(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Renders the whole exposition into `out` (appending).
+pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
+    family(
+        out,
+        BACKEND_REACHABLE,
+        "gauge",
+        "1 if this host could open a TCP connection to the backend in the last probe, else 0.",
+    );
+    for s in &snap.routes {
+        if let Some(up) = s.reachable() {
+            series(out, BACKEND_REACHABLE, s, None);
+            out.extend_from_slice(if up { b" 1\n" } else { b" 0\n" });
+        }
+    }
+    family(
+        out,
+        BACKEND_LATENCY_MS,
+        "gauge",
+        "TCP connect time of the last successful probe, in milliseconds (absent while down).",
+    );
+    for s in &snap.routes {
+        if let Some((r, _)) = &s.last {
+            if let Outcome::Reachable { latency } = r.outcome {
+                series(out, BACKEND_LATENCY_MS, s, None);
+                out.push(b' ');
+                write_f64(out, latency.as_secs_f64() * 1000.0);
+                out.push(b'\n');
+            }
+        }
+    }
+    family(
+        out,
+        BACKEND_FAILURES,
+        "counter",
+        "Failed probes of the backend by reason (refused, timeout, unreachable, dns, error).",
+    );
+    for s in &snap.routes {
+        for reason in Reason::ALL {
+            let n = s.failures(reason);
+            if n > 0 {
+                series(out, BACKEND_FAILURES, s, Some(reason));
+                out.push(b' ');
+                write_u64(out, n);
+                out.push(b'\n');
+            }
+        }
+    }
+    family(
+        out,
+        BACKEND_DNS_SECONDS,
+        "gauge",
+        "Time the last lookup of the backend's host name took (routes given by name only).",
+    );
+    for s in &snap.routes {
+        if let Some(d) = s.last.as_ref().and_then(|(r, _)| r.dns_duration) {
+            series(out, BACKEND_DNS_SECONDS, s, None);
+            out.push(b' ');
+            write_f64(out, d.as_secs_f64());
+            out.push(b'\n');
+        }
+    }
+
+    counter(out, CYCLES, "Probe cycles completed.", snap.cycles_total);
+    counter(
+        out,
+        OVERRUNS,
+        "Probe cycles that took longer than the interval.",
+        snap.overruns_total,
+    );
+    gauge_f64(
+        out,
+        CYCLE_DURATION,
+        "Duration of the last completed probe cycle.",
+        snap.last_cycle_duration.map_or(0.0, |d| d.as_secs_f64()),
+    );
+    gauge_f64(
+        out,
+        INTERVAL,
+        "Configured time between probe-cycle starts.",
+        snap.interval.as_secs_f64(),
+    );
+    gauge_f64(
+        out,
+        LAST_CYCLE_END,
+        "Unix time the last probe cycle completed (0 before the first).",
+        snap.last_cycle_end.map_or(0.0, unix_seconds),
+    );
+    gauge_u64(
+        out,
+        ROUTES,
+        "Routes currently known to the agent.",
+        snap.routes.len() as u64,
+    );
+    gauge_u64(
+        out,
+        SOURCE_UP,
+        "1 if the last read of the route source succeeded.",
+        snap.source.up as u64,
+    );
+    counter(
+        out,
+        SOURCE_ERRORS,
+        "Failed reads of the route source (invalid file, database errors).",
+        snap.source.errors_total,
+    );
+    gauge_f64(
+        out,
+        FETCH_DURATION,
+        "Duration of the last read of the route source.",
+        snap.source.fetch_duration.map_or(0.0, |d| d.as_secs_f64()),
+    );
+    gauge_u64(
+        out,
+        VPS_REGISTERED,
+        "1 if this host's VPS is known to the route source (always 1 for a routes file).",
+        snap.source.vps_registered as u64,
+    );
+    gauge_u64(
+        out,
+        PROBE_ENABLED,
+        "1 if health probing is enabled.",
+        snap.probe_enabled as u64,
+    );
+    family(
+        out,
+        BUILD_INFO,
+        "gauge",
+        "Build information; the value is always 1.",
+    );
+    out.extend_from_slice(BUILD_INFO.as_bytes());
+    out.extend_from_slice(b"{version=\"");
+    write_label_value(out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b"\"} 1\n");
+
+    if let Some(v) = process.cpu_seconds {
+        family(
+            out,
+            PROCESS_CPU,
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        sample_f64(out, PROCESS_CPU, v);
+    }
+    if let Some(v) = process.resident_bytes {
+        gauge_u64(out, PROCESS_RSS, "Resident memory size in bytes.", v);
+    }
+    if let Some(v) = process.open_fds {
+        gauge_u64(out, PROCESS_OPEN_FDS, "Number of open file descriptors.", v);
+    }
+    if let Some(v) = process.max_fds {
+        gauge_u64(
+            out,
+            PROCESS_MAX_FDS,
+            "Maximum number of open file descriptors.",
+            v,
+        );
+    }
+    gauge_f64(
+        out,
+        PROCESS_START,
+        "Start time of the process since unix epoch in seconds.",
+        unix_seconds(snap.started_at),
+    );
+}
+
+/// Escapes a label value as the exposition format requires: `\` `"` and newline.
+/// The one place label values are escaped.
+pub fn write_label_value(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn family(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
+    out.extend_from_slice(b"# HELP ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(help.as_bytes());
+    out.extend_from_slice(b"\n# TYPE ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b'\n');
+}
+
+/// `name{node="..",route="..",listen_port="..",backend=".."[,reason=".."]}` without value.
+fn series(out: &mut Vec<u8>, name: &str, s: &RouteState, reason: Option<Reason>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"{node=\"");
+    write_label_value(out, &s.route.node);
+    out.extend_from_slice(b"\",route=\"");
+    write_label_value(out, &s.route.name);
+    out.extend_from_slice(b"\",listen_port=\"");
+    write_u64(out, s.route.listen_port.into());
+    out.extend_from_slice(b"\",backend=\"");
+    write_label_value(out, &s.route.backend);
+    if let Some(r) = reason {
+        out.extend_from_slice(b"\",reason=\"");
+        out.extend_from_slice(r.as_str().as_bytes());
+    }
+    out.extend_from_slice(b"\"}");
+}
+
+fn counter(out: &mut Vec<u8>, name: &str, help: &str, v: u64) {
+    family(out, name, "counter", help);
+    sample_u64(out, name, v);
+}
+
+fn gauge_u64(out: &mut Vec<u8>, name: &str, help: &str, v: u64) {
+    family(out, name, "gauge", help);
+    sample_u64(out, name, v);
+}
+
+fn gauge_f64(out: &mut Vec<u8>, name: &str, help: &str, v: f64) {
+    family(out, name, "gauge", help);
+    sample_f64(out, name, v);
+}
+
+fn sample_u64(out: &mut Vec<u8>, name: &str, v: u64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    write_u64(out, v);
+    out.push(b'\n');
+}
+
+fn sample_f64(out: &mut Vec<u8>, name: &str, v: f64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    write_f64(out, v);
+    out.push(b'\n');
+}
+
+fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Shortest text that reads back as the same f64 (Rust's `Display`), no exponent for the
+/// magnitudes we write.
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    let _ = write!(out, "{v}");
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Route;
+    use crate::snapshot::ProbeResult;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Vec::new();
+        write_label_value(&mut out, "we\"ird\\name\nx");
+        assert_eq!(out, b"we\\\"ird\\\\name\\nx");
+    }
+
+    #[test]
+    fn stat_and_limits_parsing() {
+        let stat = "1234 (my (odd) comm) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 \
+                    100 12345678 321 18446744073709551615";
+        assert_eq!(parse_stat(stat), (Some(12), Some(321)));
+        assert_eq!(parse_stat("garbage"), (None, None));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_max_fds(limits), Some(1024));
+    }
+
+    #[test]
+    fn whole_exposition() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
+        snap.set_routes(vec![
+            Route::new("n1", "we\"ird\\name", 10001, "127.0.0.1", 8080).unwrap(),
+            Route::new("n1", "down", 10002, "::1", 9).unwrap(),
+            Route::new("n2", "new", 10001, "example.com", 443).unwrap(),
+        ]);
+        snap.record(
+            0,
+            ProbeResult {
+                outcome: Outcome::Reachable {
+                    latency: Duration::from_micros(250),
+                },
+                address: None,
+                dns_duration: None,
+                detail: None,
+            },
+            t0,
+        );
+        for reason in [Reason::Refused, Reason::Refused, Reason::Timeout] {
+            snap.record(
+                1,
+                ProbeResult {
+                    outcome: Outcome::Failed(reason),
+                    address: None,
+                    dns_duration: Some(Duration::from_millis(5)),
+                    detail: None,
+                },
+                t0,
+            );
+        }
+        snap.cycle_done(
+            Duration::from_millis(1500),
+            false,
+            t0 + Duration::from_secs(2),
+        );
+        snap.source.errors_total = 1;
+        let process = ProcessStats {
+            resident_bytes: Some(2_000_000),
+            cpu_seconds: Some(0.25),
+            open_fds: Some(7),
+            max_fds: Some(1024),
+        };
+        let mut out = Vec::new();
+        render(&snap, &process, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let want = format!(
+            r#"# HELP sigma_backend_reachable 1 if this host could open a TCP connection to the backend in the last probe, else 0.
+# TYPE sigma_backend_reachable gauge
+sigma_backend_reachable{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080"}} 1
+sigma_backend_reachable{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 0
+# HELP sigma_backend_probe_latency_ms TCP connect time of the last successful probe, in milliseconds (absent while down).
+# TYPE sigma_backend_probe_latency_ms gauge
+sigma_backend_probe_latency_ms{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080"}} 0.25
+# HELP sigma_backend_probe_failures_total Failed probes of the backend by reason (refused, timeout, unreachable, dns, error).
+# TYPE sigma_backend_probe_failures_total counter
+sigma_backend_probe_failures_total{{node="n1",route="down",listen_port="10002",backend="[::1]:9",reason="refused"}} 2
+sigma_backend_probe_failures_total{{node="n1",route="down",listen_port="10002",backend="[::1]:9",reason="timeout"}} 1
+# HELP sigma_backend_dns_lookup_seconds Time the last lookup of the backend's host name took (routes given by name only).
+# TYPE sigma_backend_dns_lookup_seconds gauge
+sigma_backend_dns_lookup_seconds{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 0.005
+# HELP sigma_probe_cycles_total Probe cycles completed.
+# TYPE sigma_probe_cycles_total counter
+sigma_probe_cycles_total 1
+# HELP sigma_probe_cycle_overruns_total Probe cycles that took longer than the interval.
+# TYPE sigma_probe_cycle_overruns_total counter
+sigma_probe_cycle_overruns_total 0
+# HELP sigma_probe_cycle_duration_seconds Duration of the last completed probe cycle.
+# TYPE sigma_probe_cycle_duration_seconds gauge
+sigma_probe_cycle_duration_seconds 1.5
+# HELP sigma_probe_interval_seconds Configured time between probe-cycle starts.
+# TYPE sigma_probe_interval_seconds gauge
+sigma_probe_interval_seconds 30
+# HELP sigma_probe_last_cycle_end_timestamp_seconds Unix time the last probe cycle completed (0 before the first).
+# TYPE sigma_probe_last_cycle_end_timestamp_seconds gauge
+sigma_probe_last_cycle_end_timestamp_seconds 1700000002
+# HELP sigma_routes Routes currently known to the agent.
+# TYPE sigma_routes gauge
+sigma_routes 3
+# HELP sigma_route_source_up 1 if the last read of the route source succeeded.
+# TYPE sigma_route_source_up gauge
+sigma_route_source_up 1
+# HELP sigma_route_source_errors_total Failed reads of the route source (invalid file, database errors).
+# TYPE sigma_route_source_errors_total counter
+sigma_route_source_errors_total 1
+# HELP sigma_route_fetch_duration_seconds Duration of the last read of the route source.
+# TYPE sigma_route_fetch_duration_seconds gauge
+sigma_route_fetch_duration_seconds 0
+# HELP sigma_vps_registered 1 if this host's VPS is known to the route source (always 1 for a routes file).
+# TYPE sigma_vps_registered gauge
+sigma_vps_registered 1
+# HELP sigma_health_probe_enabled 1 if health probing is enabled.
+# TYPE sigma_health_probe_enabled gauge
+sigma_health_probe_enabled 1
+# HELP sigma_build_info Build information; the value is always 1.
+# TYPE sigma_build_info gauge
+sigma_build_info{{version="{version}"}} 1
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 0.25
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 2000000
+# HELP process_open_fds Number of open file descriptors.
+# TYPE process_open_fds gauge
+process_open_fds 7
+# HELP process_max_fds Maximum number of open file descriptors.
+# TYPE process_max_fds gauge
+process_max_fds 1024
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1700000000
+"#,
+            version = env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(text, want);
+    }
+}
