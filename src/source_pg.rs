@@ -293,6 +293,9 @@ impl PgSource {
             }
             Err(failure) => {
                 self.conn = None;
+                // Let the runtime run the aborted socket task now, so the socket closes now
+                // rather than at the next attempt (up to BACKOFF_MAX away).
+                self.runtime.block_on(tokio::task::yield_now());
                 let delay = self
                     .backoff
                     .map_or(BACKOFF_MIN, |d| d.saturating_mul(2).min(BACKOFF_MAX));

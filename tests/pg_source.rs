@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -332,7 +333,14 @@ fn silent_server_blocks_at_most_connect_timeout() {
         src.worst_fetch_duration(),
         Some(src.last_fetch_duration().unwrap())
     );
-    drop(listener);
+    // The agent's side is closed already: the server reads the startup message, then EOF.
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got)
+        .expect("the agent closed its socket");
+    assert!(!got.is_empty());
 }
 
 /// Sends SIGCONT on drop, so a failing test never leaves a backend stopped.
