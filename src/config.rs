@@ -45,6 +45,12 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
     --metrics-port PORT               Keep the listen address, change the port; 0 turns the
                                       HTTP listener off. env AGENT_METRICS_PORT
+    --database-url URL                Read the routes from the fleet's PostgreSQL instead of a
+                                      file: postgresql://USER@HOST:PORT/DB or key=value form.
+                                      The password may come from PGPASSWORD instead of the URL.
+                                      env AGENT_DATABASE_URL (builds with the postgres feature)
+    --hostname NAME                   This VPS's name in the database's vps table.
+                                      env AGENT_HOSTNAME, default the system host name
     --mcp-stdio                       Serve MCP (JSON-RPC 2.0, one message per line) on
                                       stdin/stdout; EOF on stdin stops the agent (exit 0).
                                       env AGENT_MCP_STDIO (1/true/0/false), default off
@@ -78,14 +84,36 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Overrides the name servers of /etc/resolv.conf.
     pub dns_server: Option<SocketAddr>,
+    /// Read routes from PostgreSQL (never printed: it may hold a password).
+    pub database: Option<Database>,
     /// Serve MCP on stdin/stdout.
     pub mcp_stdio: bool,
     /// Serve MCP over TCP.
     pub mcp_listen: Option<SocketAddr>,
 }
 
+/// The database source's settings. `Debug` shows no secret.
+#[derive(Clone, PartialEq)]
+pub struct Database {
+    pub url: String,
+    /// `PGPASSWORD`, used when the URL has no password.
+    pub pgpassword: Option<String>,
+    pub hostname: String,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Database {{ url: <hidden>, hostname: {:?} }}",
+            self.hostname
+        )
+    }
+}
+
 /// What `parse_args` found: run, or print help/version.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one value, made once at start
 pub enum Command {
     Run(Config),
     Help,
@@ -120,6 +148,11 @@ pub struct Env {
     pub dns_server: Option<String>,
     pub mcp_stdio: Option<String>,
     pub mcp_listen: Option<String>,
+    pub database_url: Option<String>,
+    pub pgpassword: Option<String>,
+    pub hostname: Option<String>,
+    /// The system host name (the default for `--hostname`).
+    pub system_hostname: Option<String>,
 }
 
 impl Env {
@@ -136,6 +169,13 @@ impl Env {
             dns_server: s("AGENT_DNS_SERVER"),
             mcp_stdio: s("AGENT_MCP_STDIO"),
             mcp_listen: s("AGENT_MCP_LISTEN"),
+            database_url: s("AGENT_DATABASE_URL"),
+            pgpassword: s("PGPASSWORD"),
+            hostname: s("AGENT_HOSTNAME"),
+            system_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty()),
         }
     }
 }
@@ -153,6 +193,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut dns_server: Option<String> = None;
     let mut mcp_stdio: Option<bool> = None;
     let mut mcp_listen: Option<String> = None;
+    let mut database_url: Option<String> = None;
+    let mut hostname: Option<String> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -168,6 +210,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
                 metrics_listen = Some(string(&mut parser, "--metrics-listen")?)
             }
             Long("metrics-port") => metrics_port = Some(string(&mut parser, "--metrics-port")?),
+            Long("database-url") => database_url = Some(string(&mut parser, "--database-url")?),
+            Long("hostname") => hostname = Some(string(&mut parser, "--hostname")?),
             Long("mcp-stdio") => mcp_stdio = Some(true),
             Long("mcp-listen") => mcp_listen = Some(string(&mut parser, "--mcp-listen")?),
             Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
@@ -270,6 +314,35 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         },
     };
 
+    let (database_url, db_src) = pick(
+        database_url,
+        env.database_url,
+        "--database-url",
+        "AGENT_DATABASE_URL",
+    );
+    let database = match database_url {
+        None => None,
+        Some(_) if !cfg!(feature = "postgres") => {
+            return Err(UsageError(format!(
+                "{db_src} needs a build with the postgres feature (this one was built with --no-default-features); use --routes-file"
+            )))
+        }
+        Some(_) if routes_file.is_some() => {
+            return Err(UsageError(format!(
+                "{db_src} and --routes-file (or AGENT_ROUTES_FILE) are both given; use one route source"
+            )))
+        }
+        Some(url) => {
+            let hostname = hostname.or(env.hostname).or(env.system_hostname).ok_or_else(|| {
+                UsageError("no host name to register as: give --hostname NAME (or AGENT_HOSTNAME)".into())
+            })?;
+            Some(Database {
+                url,
+                pgpassword: env.pgpassword,
+                hostname,
+            })
+        }
+    };
     let mcp_listen = match mcp_listen {
         None => None,
         Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
@@ -295,6 +368,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         routes_file,
         metrics_listen,
         dns_server,
+        database,
         mcp_stdio,
         mcp_listen,
     }))
@@ -495,6 +569,38 @@ mod tests {
             .unwrap_err()
             .0
             .contains("AGENT_HEALTH_PROBE"));
+    }
+
+    #[test]
+    fn database_source() {
+        let env = Env {
+            pgpassword: Some("s3cret".into()),
+            system_hostname: Some("edge-hk-01".into()),
+            ..Env::default()
+        };
+        let result = parse(&["--database-url", "postgresql://agent@db/sigma"], env);
+        if cfg!(feature = "postgres") {
+            let Ok(Command::Run(c)) = result else {
+                panic!("{result:?}")
+            };
+            let db = c.database.unwrap();
+            assert_eq!(db.hostname, "edge-hk-01");
+            assert_eq!(db.pgpassword.as_deref(), Some("s3cret"));
+            assert!(!format!("{db:?}").contains("s3cret") && !format!("{db:?}").contains("agent@"));
+            let e = parse(
+                &["--database-url", "x", "--routes-file", "r"],
+                Env::default(),
+            )
+            .unwrap_err();
+            assert!(e.0.contains("use one route source"), "{e}");
+            let e = parse(&["--database-url", "x"], Env::default()).unwrap_err();
+            assert!(e.0.contains("give --hostname"), "{e}");
+        } else {
+            assert!(result
+                .unwrap_err()
+                .0
+                .contains("needs a build with the postgres feature"));
+        }
     }
 
     #[test]

@@ -272,33 +272,43 @@ impl Agent {
 
     /// Reads the route source again; a changed set replaces the snapshot's routes.
     fn refresh_routes(&mut self, force: bool, now: Instant) {
-        let started = Instant::now();
-        let refresh = match &mut self.source {
-            RouteSource::None => Refresh::Unchanged,
-            RouteSource::File(f) => f.refresh(force),
-        };
+        let (refresh, took) = self.source.refresh(force, now);
         let snap = &mut *self.snapshot.borrow_mut();
-        match refresh {
-            Refresh::Unchanged => {}
+        let routes = match refresh {
+            Refresh::Unchanged => return,
             Refresh::Routes(routes) => {
-                let count = routes.len();
-                snap.source.up = true;
-                snap.source.fetch_duration = Some(started.elapsed());
-                if snap.set_routes(routes) {
-                    log::info!("route set changed: {count} routes");
-                    if force {
-                        // The set changed under a cycle in progress: start over with it.
-                        self.prober.restart(self.poll.registry(), now);
-                    }
+                snap.source.vps_registered = true;
+                routes
+            }
+            Refresh::NotRegistered(message) => {
+                if snap.source.vps_registered {
+                    log::warn!("{message}");
                 }
+                snap.source.vps_registered = false;
+                Vec::new()
             }
             Refresh::Failed(message) => {
                 snap.source.up = false;
                 snap.source.errors_total += 1;
+                snap.source.fetch_duration = Some(took);
                 log::warn!(
                     "{message}; keeping the {} routes already known",
                     snap.routes.len()
                 );
+                return;
+            }
+        };
+        if !snap.source.up {
+            log::info!("route source is back");
+        }
+        snap.source.up = true;
+        snap.source.fetch_duration = Some(took);
+        let count = routes.len();
+        if snap.set_routes(routes) {
+            log::info!("route set changed: {count} routes");
+            if force {
+                // The set changed under a cycle in progress: start over with it.
+                self.prober.restart(self.poll.registry(), now);
             }
         }
     }

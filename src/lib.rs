@@ -15,4 +15,6 @@ pub mod route;
 pub mod signals;
 pub mod snapshot;
 pub mod source;
+#[cfg(feature = "postgres")]
+pub mod source_pg;
 pub mod stdio;

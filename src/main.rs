@@ -46,15 +46,32 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
         );
     }
     let mut snapshot = Snapshot::new(config.health_probe, config.interval, SystemTime::now());
-    let source = match &config.routes_file {
-        None => RouteSource::None,
-        Some(path) => {
+    let source = match (&config.routes_file, &config.database) {
+        #[cfg(feature = "postgres")]
+        (_, Some(db)) => {
+            let pg = sigma_agent_lite::source_pg::PgSource::new(
+                &db.url,
+                &db.hostname,
+                db.pgpassword.as_deref(),
+            )
+            .map_err(|e| (2, format!("{e}, --database-url")))?;
+            log::info!(
+                "routes from database {} as host '{}'",
+                pg.describe(),
+                db.hostname
+            );
+            RouteSource::Pg(Box::new(pg))
+        }
+        (None, _) => RouteSource::None,
+        (Some(path), _) => {
             let mut file = FileSource::new(path.clone());
             match file.refresh(true) {
                 Refresh::Routes(routes) => {
                     snapshot.set_routes(routes);
                 }
-                Refresh::Failed(message) => return Err((2, format!("{message}, --routes-file"))),
+                Refresh::Failed(message) | Refresh::NotRegistered(message) => {
+                    return Err((2, format!("{message}, --routes-file")))
+                }
                 Refresh::Unchanged => {}
             }
             RouteSource::File(file)
@@ -74,6 +91,11 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
     match (config.health_probe, &config.routes_file) {
         (false, _) => log::info!(
             "health probing is off (--health-probe not given): serving metrics only; {routes} routes known; http {listen}"
+        ),
+        (true, None) if config.database.is_some() => log::info!(
+            "probing the database's routes every {:?} (timeout {:?}); http {listen}",
+            config.interval,
+            config.timeout
         ),
         (true, None) => log::warn!("health probing is on but no route source is given (--routes-file): nothing to probe; http {listen}"),
         (true, Some(_)) => log::info!(

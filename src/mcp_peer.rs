@@ -252,7 +252,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":0,"result":{}}"#.len() + 1
         );
         io.room = usize::MAX;
-        // The rest comes LINES_PER_TURN lines per call.
+        // The first answer is written, then the rest comes LINES_PER_TURN lines per call.
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),
             Status::Yield
@@ -262,7 +262,7 @@ mod tests {
                 .unwrap()
                 .lines()
                 .count(),
-            LINES_PER_TURN
+            1 + LINES_PER_TURN
         );
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),

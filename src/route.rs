@@ -261,6 +261,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_parse() {
+        assert!(
+            parse_routes(include_str!("../scripts/routes.example"))
+                .unwrap()
+                .len()
+                >= 5
+        );
+        assert_eq!(
+            parse_routes(include_str!("../scripts/routes.local"))
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
     fn same_port_on_two_nodes_is_fine() {
         assert_eq!(parse_routes("a r 1 h:1\nb r 1 h:1\n").unwrap().len(), 2);
     }

@@ -1,5 +1,8 @@
 //! Route sources: where the route set comes from, and when it is read again.
 //!
+//! Two sources: the routes file, and (feature `postgres`) the fleet database, read once per
+//! probe cycle through `source_pg`.
+//!
 //! The routes file is checked once per probe cycle (by modification time, size and inode) and
 //! on SIGHUP; an unchanged file is not read. A valid new file replaces the route set; an
 //! invalid one keeps the old set, logs a warning and counts an error. The file is read whole
@@ -9,6 +12,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::route::{self, Route};
 
@@ -17,6 +21,8 @@ pub enum RouteSource {
     /// No source: nothing to probe.
     None,
     File(FileSource),
+    #[cfg(feature = "postgres")]
+    Pg(Box<crate::source_pg::PgSource>),
 }
 
 /// The result of a refresh.
@@ -25,8 +31,46 @@ pub enum Refresh {
     Unchanged,
     /// A new route set.
     Routes(Vec<Route>),
+    /// The source works but does not know this VPS (or knows it twice): probe nothing. The
+    /// message is for the log.
+    NotRegistered(String),
     /// The source failed; keep the current set. The message is for the log.
     Failed(String),
+}
+
+impl RouteSource {
+    /// Reads the source again: the file if it changed (or always, with `force`), the database
+    /// every time (bounded: see `source_pg`). Returns the result and how long it blocked.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn refresh(&mut self, force: bool, now: Instant) -> (Refresh, Duration) {
+        let started = Instant::now();
+        let refresh = match self {
+            RouteSource::None => Refresh::Unchanged,
+            RouteSource::File(f) => f.refresh(force),
+            #[cfg(feature = "postgres")]
+            RouteSource::Pg(pg) => {
+                use crate::source_pg::Fetch;
+                match pg.fetch(now) {
+                    Fetch::Routes(routes) => Refresh::Routes(routes),
+                    Fetch::NotRegistered => Refresh::NotRegistered(format!(
+                        "database {}: no vps row for host name '{}' (or it is retired/deleted): probing nothing, will look again next interval",
+                        pg.describe(),
+                        pg.hostname()
+                    )),
+                    Fetch::Ambiguous(ids) => Refresh::NotRegistered(format!(
+                        "database {}: {} vps rows for host name '{}' ({}): probing nothing until one is left",
+                        pg.describe(),
+                        ids.len(),
+                        pg.hostname(),
+                        ids.join(", ")
+                    )),
+                    Fetch::Failed(message) => Refresh::Failed(format!("database {}: {message}", pg.describe())),
+                    Fetch::Backoff => Refresh::Unchanged,
+                }
+            }
+        };
+        (refresh, started.elapsed())
+    }
 }
 
 pub struct FileSource {

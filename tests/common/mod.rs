@@ -3,6 +3,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod dns_server;
+#[cfg(feature = "postgres")]
+pub mod pg;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -146,6 +148,7 @@ impl Drop for Agent {
     }
 }
 
+#[allow(unused_imports)] // not every test binary sends signals
 pub use libc::{SIGHUP, SIGINT, SIGTERM};
 
 #[derive(Debug)]
