@@ -7,7 +7,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= /lib/systemd/system
 BIN     := target/release/sigma-agent-lite
 
-.PHONY: all build run test test-default test-nopg lint ops interop bench install uninstall clean
+.PHONY: all build run test test-default test-nopg lint ops install-check interop bench install uninstall clean
 
 all: build
 
@@ -33,12 +33,15 @@ test-nopg:
 ops:
 	scripts/check-ops.sh
 
+install-check:
+	scripts/check-install.sh
+
 # The official MCP Python SDK (PyPI `mcp`, in a virtualenv) against --mcp-stdio.
 interop:
 	$(CARGO) build
 	tests/mcp_interop.sh
 
-test: lint test-default test-nopg ops interop
+test: lint test-default test-nopg ops install-check interop
 
 bench:
 	scripts/bench.sh

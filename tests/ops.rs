@@ -1,0 +1,60 @@
+//! The operations files against the real binary: every metric the alert rules and the Grafana
+//! dashboard name exists in a running agent's /metrics, so a rename breaks the build, not the
+//! dashboard.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn every_metric_named_by_rules_and_dashboard_is_exported() {
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/metric-names.sh"
+        ))
+        .output()
+        .expect("run scripts/metric-names.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 15, "too few names found: {names:?}");
+
+    let open = accepting();
+    let port = open.local_addr().unwrap().port();
+    let routes = write_routes(
+        "ops-names",
+        &[
+            format!("n1 up 10001 127.0.0.1:{port}"),
+            format!("n1 down 10002 127.0.0.1:{}", closed_port()),
+        ],
+    );
+    let agent = Agent::start(&[
+        "--health-probe",
+        "--health-probe-interval",
+        "200ms",
+        "--routes-file",
+        routes.path(),
+    ]);
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        m.contains("sigma_probe_cycles_total 1")
+    });
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !m.contains(&format!("# TYPE {n} ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named by the rules or dashboard but not exported: {missing:?}"
+    );
+}
