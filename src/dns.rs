@@ -1250,6 +1250,50 @@ enum Step {
     FailTry(DnsFailure),
 }
 
+/// Resolves `name` by driving its lookup on a private poll until it ends or `timeout` passes.
+/// It blocks the caller for up to `timeout`, so it is only for the rare lookups outside the
+/// probe path (the database host, when reconnecting); probes drive [`Lookup`] on the loop.
+pub fn resolve_blocking(
+    resolver: &mut Resolver,
+    name: &str,
+    timeout: Duration,
+) -> Result<IpAddr, DnsFailure> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut lookup = match resolver.start(name, started) {
+        Start::Done(result) => return result,
+        Start::Pending(lookup) => lookup,
+    };
+    let error = |e: io::Error| DnsFailure::Error(e.to_string());
+    let mut poll = mio::Poll::new().map_err(error)?;
+    let mut events = mio::Events::with_capacity(4);
+    lookup.register(poll.registry(), Token(0)).map_err(error)?;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            lookup.deregister(poll.registry());
+            return Err(DnsFailure::Timeout);
+        }
+        let wake = lookup.next_deadline().min(deadline);
+        match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(error(e)),
+        }
+        let now = Instant::now();
+        if !events.is_empty() {
+            if let Some(result) = lookup.on_ready(resolver, poll.registry(), now) {
+                return result;
+            }
+        }
+        if now >= lookup.next_deadline() {
+            if let Some(result) = lookup.on_timeout(resolver, poll.registry(), now) {
+                return result;
+            }
+        }
+    }
+}
+
 /// One name being resolved. Owns the socket of its current try; the caller
 /// registers it with one token and calls `on_ready` on events for that token
 /// and `on_timeout` once `next_deadline` has passed. Dropping it abandons

@@ -49,12 +49,15 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
     let source = match (&config.routes_file, &config.database) {
         #[cfg(feature = "postgres")]
         (_, Some(db)) => {
-            let pg = sigma_agent_lite::source_pg::PgSource::new(
+            let mut pg = sigma_agent_lite::source_pg::PgSource::new(
                 &db.url,
                 &db.hostname,
                 db.pgpassword.as_deref(),
             )
             .map_err(|e| (2, format!("{e}, --database-url")))?;
+            if let Some(server) = config.dns_server {
+                pg.set_resolver(sigma_agent_lite::dns::ResolverConfig::with_server(server));
+            }
             log::info!(
                 "routes from database {} as host '{}'",
                 pg.describe(),

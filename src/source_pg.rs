@@ -24,14 +24,13 @@
 //! once at once on a fresh connection, so a restart between cycles costs no cycle.
 //!
 //! Limits: one database host (no multi-host failover); no TLS (`sslmode=require` is refused:
-//! use a private network, or a local PgBouncer/stunnel); the database host must be an IP
-//! literal, `localhost`, a name in /etc/hosts or a unix-socket directory — other names wait for
-//! the non-blocking resolver ([`resolve_db_host`]); at most [`MAX_ROUTES`] routes; fields longer
+//! use a private network, or a local PgBouncer/stunnel); a database host name is resolved
+//! by the agent's own resolver within [`DNS_TIMEOUT`] ([`resolve_db_host`]); at most [`MAX_ROUTES`] routes; fields longer
 //! than [`MAX_FIELD_LEN`] are cut by the server before they are sent, then rejected.
 //! The password never appears in errors, logs or [`PgSource::describe`].
 
 use std::future::{poll_fn, Future};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::str::FromStr;
@@ -45,6 +44,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Row};
+
+use crate::dns::{Resolver, ResolverConfig};
 
 use crate::route::{Route, MAX_FIELD_LEN, MAX_ROUTES};
 
@@ -67,10 +68,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Most `vps` ids read for one hostname: enough to name the duplicates in the warning.
 pub const MAX_VPS_IDS: usize = 10;
-/// Largest /etc/hosts read: real ones are a few KiB; this only stops a runaway file.
-pub const MAX_HOSTS_FILE_BYTES: u64 = 1024 * 1024;
-/// Where names of the database host are looked up (see [`resolve_db_host`]).
-pub const HOSTS_FILE: &str = "/etc/hosts";
+/// Longest wait for the database host's name (on reconnect only), on top of
+/// [`CONNECT_TIMEOUT`]: the lookup blocks the loop like the connect does.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The port when the URL names none, as libpq.
 pub const DEFAULT_PORT: u16 = 5432;
 /// Shown in `pg_stat_activity` and PgBouncer's `SHOW CLIENTS` unless the URL sets one.
@@ -147,6 +147,8 @@ impl Drop for Conn {
 
 /// The PostgreSQL route source. See the module docs.
 pub struct PgSource {
+    /// Looks up the database host's name when (re)connecting.
+    resolver: Resolver,
     config: Config,
     target: Target,
     hostname: String,
@@ -238,12 +240,19 @@ impl PgSource {
             last_duration: None,
             worst_duration: None,
             last_skipped: Vec::new(),
+            resolver: Resolver::new(ResolverConfig::system()),
         })
     }
 
     /// `user@host:port/db`, safe to log.
     pub fn describe(&self) -> String {
         self.described.clone()
+    }
+
+    /// Uses these name servers for the database host instead of /etc/resolv.conf's (the
+    /// agent's `--dns-server`).
+    pub fn set_resolver(&mut self, config: ResolverConfig) {
+        self.resolver = Resolver::new(config);
     }
 
     /// The host name this agent registers as.
@@ -366,16 +375,19 @@ impl PgSource {
         }
     }
 
-    fn connect(&self) -> Result<Conn, Failure> {
+    fn connect(&mut self) -> Result<Conn, Failure> {
         let fail = |what: String| Failure::new(format!("connecting to {}: {what}", self.described));
+        let resolved = match &self.target {
+            Target::Tcp { host, addrs, .. } if addrs.is_empty() => {
+                resolve_db_host(&mut self.resolver, host).map_err(fail)?
+            }
+            Target::Tcp { addrs, .. } => addrs.clone(),
+            Target::Unix { .. } => Vec::new(),
+        };
         let connecting = async {
             match &self.target {
-                Target::Tcp { host, port, addrs } => {
-                    let addrs = if addrs.is_empty() {
-                        resolve_db_host(host)?
-                    } else {
-                        addrs.clone()
-                    };
+                Target::Tcp { port, .. } => {
+                    let addrs = resolved;
                     let mut last = String::from("no address");
                     for ip in addrs {
                         match tokio::net::TcpStream::connect(SocketAddr::new(ip, *port)).await {
@@ -642,24 +654,10 @@ fn target_of(config: &Config) -> Result<Target, String> {
     }
 }
 
-/// Resolves the database host without blocking on DNS: IP literals, `localhost`, and names
-/// in /etc/hosts. Other names are refused for now; the non-blocking resolver will be wired in
-/// here, and only here.
-pub fn resolve_db_host(host: &str) -> Result<Vec<IpAddr>, String> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    let hosts = std::fs::File::open(HOSTS_FILE)
-        .and_then(|f| f.take(MAX_HOSTS_FILE_BYTES).read_to_string(&mut text))
-        .ok()
-        .map(|_| text.as_str());
-    resolve_with_hosts_file(host, hosts)
-}
-
-/// [`resolve_db_host`] with the hosts file's text given (None: unreadable). Pure.
-pub fn resolve_with_hosts_file(
-    host: &str,
-    hosts_file: Option<&str>,
-) -> Result<Vec<IpAddr>, String> {
+/// The database host's addresses: an IP literal as it is; a name through the agent's own
+/// resolver (/etc/hosts, then the name servers), bounded by [`DNS_TIMEOUT`] — never a
+/// blocking `getaddrinfo`.
+pub fn resolve_db_host(resolver: &mut Resolver, host: &str) -> Result<Vec<IpAddr>, String> {
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -667,38 +665,15 @@ pub fn resolve_with_hosts_file(
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
-    let mut found = hosts_file.map_or_else(Vec::new, |text| lookup_hosts_file(text, host));
-    if found.is_empty() && host.eq_ignore_ascii_case("localhost") {
-        found = vec![
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ];
-    }
-    if found.is_empty() {
-        return Err(format!(
-            "database host '{}' is not an IP address, localhost, or a name in {HOSTS_FILE}; \
-             this agent does not query DNS for it (yet): use an IP address or add it to {HOSTS_FILE}",
-            host.escape_debug()
-        ));
-    }
-    Ok(found)
-}
-
-/// Addresses of `name` in hosts-file text (`IP NAME [ALIAS...]`, `#` comments), in file order.
-pub fn lookup_hosts_file(text: &str, name: &str) -> Vec<IpAddr> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let mut found = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let mut fields = line.split_whitespace();
-        let Some(Ok(ip)) = fields.next().map(str::parse::<IpAddr>) else {
-            continue;
-        };
-        if fields.any(|n| n.eq_ignore_ascii_case(name)) && !found.contains(&ip) {
-            found.push(ip);
-        }
-    }
-    found
+    resolver.reload_if_changed();
+    crate::dns::resolve_blocking(resolver, bare, DNS_TIMEOUT)
+        .map(|ip| vec![ip])
+        .map_err(|e| {
+            format!(
+                "database host '{}' did not resolve: {e}",
+                host.escape_debug()
+            )
+        })
 }
 
 /// A tokio-postgres error as a person reads it: the server's severity, SQLSTATE and message
@@ -731,6 +706,7 @@ fn error_text(e: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn raw(node: &str, name: &str, listen_port: i32, host: &str, port: i32) -> RawRoute {
         RawRoute {
@@ -775,43 +751,22 @@ mod tests {
     }
 
     #[test]
-    fn resolves_without_dns() {
-        let hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n\
-                     # 10.0.0.9 commented\n10.0.0.5\tdb.internal db  # the database\nnot-an-ip x\n";
-        let v4: IpAddr = "10.0.0.5".parse().unwrap();
+    fn resolves_literals_and_hosts_file_names_without_a_query() {
+        // A name server nobody answers on: a lookup that reached the network would time out.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = closed.local_addr().unwrap();
+        drop(closed);
+        let mut resolver = Resolver::new(ResolverConfig::with_server(server));
         assert_eq!(
-            resolve_with_hosts_file("db.internal", Some(hosts)),
-            Ok(vec![v4])
-        );
-        assert_eq!(resolve_with_hosts_file("DB", Some(hosts)), Ok(vec![v4]));
-        assert_eq!(
-            resolve_with_hosts_file("db.internal.", Some(hosts)),
-            Ok(vec![v4])
-        );
-        assert_eq!(
-            resolve_with_hosts_file("localhost", Some(hosts))
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            resolve_with_hosts_file("localhost", None),
-            Ok(vec![
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST)
-            ])
-        );
-        assert_eq!(
-            resolve_with_hosts_file("[::1]", None),
+            resolve_db_host(&mut resolver, "[::1]"),
             Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
         );
         assert_eq!(
-            resolve_with_hosts_file("192.0.2.1", None),
-            Ok(vec!["192.0.2.1".parse().unwrap()])
+            resolve_db_host(&mut resolver, "127.0.2.1"),
+            Ok(vec!["127.0.2.1".parse().unwrap()])
         );
-        let e = resolve_with_hosts_file("commented", Some(hosts)).unwrap_err();
-        assert!(e.contains("use an IP address"), "{e}");
-        assert!(resolve_with_hosts_file("x", Some(hosts)).is_err());
+        let local = resolve_db_host(&mut resolver, "localhost").unwrap();
+        assert!(local[0].is_loopback(), "{local:?}");
     }
 
     #[test]
@@ -860,9 +815,16 @@ mod tests {
     #[test]
     fn unresolvable_host_fails_fast_and_backs_off() {
         let mut s = PgSource::new("postgres://a:pw@no-such-db-host.invalid/d", "v", None).unwrap();
+        // Its name server refuses at once (a closed loopback port): no query leaves the host.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_resolver(ResolverConfig::with_server(closed.local_addr().unwrap()));
+        drop(closed);
         let t0 = Instant::now();
         match s.fetch(t0) {
-            Fetch::Failed(e) => assert!(e.contains("use an IP address"), "{e}"),
+            Fetch::Failed(e) => assert!(
+                e.contains("'no-such-db-host.invalid' did not resolve"),
+                "{e}"
+            ),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.fetch(t0 + BACKOFF_MIN / 2), Fetch::Backoff);

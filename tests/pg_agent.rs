@@ -223,3 +223,49 @@ fn database_and_routes_file_together_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use one route source"), "{err}");
 }
+
+#[test]
+fn database_host_name_is_resolved_by_the_agents_own_resolver() {
+    use common::dns_server::{Behavior, DnsServer};
+    let pg = PgServer::shared();
+    let dns = DnsServer::start();
+    dns.set(
+        "db.test",
+        Behavior::Addrs {
+            v4: vec![std::net::Ipv4Addr::LOCALHOST],
+            v6: vec![],
+        },
+        60,
+    );
+    let mut db = pg.owner(DB);
+    let open = accepting();
+    let port = open.local_addr().unwrap().port();
+    let vps = rows::vps(&mut db, "named-db-vps", Some("active"));
+    let node = rows::node(&mut db, &vps, "layer4-01", "active");
+    rows::route(
+        &mut db,
+        &node,
+        "r",
+        10001,
+        Some("127.0.0.1"),
+        Some(i32::from(port)),
+        "active",
+    );
+    let url = pg.agent_url(DB).replace("@127.0.0.1:", "@db.test:");
+    let dns_addr = dns.addr().to_string();
+    let agent = Agent::start(&[
+        "--health-probe",
+        "--health-probe-interval",
+        "200ms",
+        "--database-url",
+        &url,
+        "--hostname",
+        "named-db-vps",
+        "--dns-server",
+        &dns_addr,
+    ]);
+    agent.wait_metrics(WAIT, |m| {
+        m.contains(&reachable("layer4-01", "r", 10001, port))
+    });
+    assert!(dns.queries("db.test") >= 1);
+}
