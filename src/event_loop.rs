@@ -43,6 +43,13 @@ pub const MCP_MAX_CONNECTIONS: usize = 64;
 /// An MCP client silent this long is closed (clients reconnect; sessions hold no state).
 pub const MCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Which listener a connection came from (also its name in logs).
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Http,
+    Mcp,
+}
+
 /// A socket with a token from the counter.
 enum Entry {
     Http(http::Conn),
@@ -214,8 +221,8 @@ impl Agent {
                             self.refresh_routes(true, now);
                         }
                     }
-                    HTTP_LISTENER => self.accept_http(now),
-                    MCP_LISTENER => self.accept_mcp(now),
+                    HTTP_LISTENER => self.accept(Kind::Http, now),
+                    MCP_LISTENER => self.accept(Kind::Mcp, now),
                     token if Some(token) == self.prober.token() => {
                         let snap = &mut *self.snapshot.borrow_mut();
                         self.prober.on_event(now, wall, self.poll.registry(), snap);
@@ -318,70 +325,6 @@ impl Agent {
         }
     }
 
-    fn accept_http(&mut self, now: Instant) {
-        loop {
-            let Some(listener) = &self.http_listener else {
-                return;
-            };
-            let (mut stream, peer) = match listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: log and wait for the next event rather than spin.
-                    log::warn!("http: accept failed: {e}");
-                    return;
-                }
-            };
-            let http_count = self
-                .entries
-                .values()
-                .filter(|e| matches!(e, Entry::Http(_)))
-                .count();
-            if http_count >= http::MAX_CONNECTIONS {
-                let victim = self
-                    .entries
-                    .iter()
-                    .filter_map(|(t, e)| match e {
-                        Entry::Http(c) if c.evictable() => Some((c.accepted_at, *t)),
-                        _ => None,
-                    })
-                    .min();
-                match victim {
-                    Some((_, token)) => {
-                        log::debug!(
-                            "http: at {} connections, evicting the oldest silent one",
-                            http::MAX_CONNECTIONS
-                        );
-                        self.close(token);
-                    }
-                    None => {
-                        log::warn!(
-                            "http: {} connections all busy, refusing {peer} with 503",
-                            http::MAX_CONNECTIONS
-                        );
-                        http::refuse(stream);
-                        continue;
-                    }
-                }
-            }
-            let token = Token(self.next_token);
-            self.next_token += 1;
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("http: cannot register a connection: {e}");
-                continue;
-            }
-            self.entries
-                .insert(token, Entry::Http(http::Conn::new(stream, now)));
-            // Edge-triggered: a request that arrived with the connection must be read now.
-            self.drive(token, now);
-        }
-    }
-
     /// Drives the connection (or stdio) behind `token` after an event or a yield.
     fn drive(&mut self, token: Token, now: Instant) -> Flow {
         let snap = self.snapshot.borrow();
@@ -429,9 +372,14 @@ impl Agent {
         Flow::Go
     }
 
-    fn accept_mcp(&mut self, now: Instant) {
+    /// Accepts every pending connection of one listener.
+    fn accept(&mut self, kind: Kind, now: Instant) {
         loop {
-            let Some(listener) = &self.mcp_listener else {
+            let listener = match kind {
+                Kind::Http => &self.http_listener,
+                Kind::Mcp => &self.mcp_listener,
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (mut stream, peer) = match listener.accept() {
@@ -439,43 +387,71 @@ impl Agent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("mcp: accept failed: {e}");
+                    // EMFILE and friends: log and wait for the next event rather than spin.
+                    log::warn!("{kind:?}: accept failed: {e}");
                     return;
                 }
             };
-            let oldest = self
-                .entries
-                .iter()
-                .filter_map(|(t, e)| match e {
-                    Entry::Mcp(c) => Some((c.deadline, *t)),
-                    _ => None,
-                })
-                .collect::<Vec<_>>();
-            if oldest.len() >= MCP_MAX_CONNECTIONS {
-                if let Some(&(_, token)) = oldest.iter().min() {
-                    log::warn!(
-                        "mcp: at {MCP_MAX_CONNECTIONS} clients, closing the least recently active"
-                    );
-                    self.close(token);
-                }
+            if !self.make_room(kind) {
+                log::warn!("{kind:?}: every connection is busy, refusing {peer} with 503");
+                http::refuse(stream);
+                continue;
             }
             let token = Token(self.next_token);
             self.next_token += 1;
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("mcp: cannot register a connection: {e}");
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+                log::warn!("{kind:?}: cannot register a connection: {e}");
                 continue;
             }
-            log::debug!("mcp: client {peer} connected");
-            let conn = McpConn {
-                stream,
-                peer: Peer::new(),
-                deadline: now + MCP_IDLE_TIMEOUT,
+            log::debug!("{kind:?}: {peer} connected");
+            let entry = match kind {
+                Kind::Http => Entry::Http(http::Conn::new(stream, now)),
+                Kind::Mcp => Entry::Mcp(McpConn {
+                    stream,
+                    peer: Peer::new(),
+                    deadline: now + MCP_IDLE_TIMEOUT,
+                }),
             };
-            self.entries.insert(token, Entry::Mcp(conn));
+            self.entries.insert(token, entry);
+            // Edge-triggered: bytes that arrived with the connection must be read now.
+            self.drive(token, now);
+        }
+    }
+
+    /// At a listener's connection limit, closes the connection it can best spare: for HTTP
+    /// the oldest that has not completed a request, for MCP the least recently active.
+    /// False when none can go (only HTTP, whose busy connections are all mid-response).
+    fn make_room(&mut self, kind: Kind) -> bool {
+        let mut count = 0;
+        let mut victim: Option<(Instant, Token)> = None;
+        for (token, entry) in &self.entries {
+            let candidate = match (kind, entry) {
+                (Kind::Http, Entry::Http(c)) => c.evictable().then_some(c.accepted_at),
+                (Kind::Mcp, Entry::Mcp(c)) => Some(c.deadline),
+                _ => continue,
+            };
+            count += 1;
+            if let Some(at) = candidate {
+                if victim.is_none_or(|(oldest, _)| at < oldest) {
+                    victim = Some((at, *token));
+                }
+            }
+        }
+        let limit = match kind {
+            Kind::Http => http::MAX_CONNECTIONS,
+            Kind::Mcp => MCP_MAX_CONNECTIONS,
+        };
+        if count < limit {
+            return true;
+        }
+        match victim {
+            Some((_, token)) => {
+                log::debug!("{kind:?}: at {limit} connections, closing the one best spared");
+                self.close(token);
+                true
+            }
+            None => false,
         }
     }
 
