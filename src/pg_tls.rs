@@ -269,7 +269,7 @@ fn split_key_values(s: &str, take: &mut Take) -> Result<String, String> {
 #[cfg(feature = "tls")]
 pub use connect::{Connector, TlsClient};
 
-#[cfg(feature = "tls-rustls")]
+#[cfg(feature = "tls")]
 mod connect {
     //! rustls (ring provider): certificate checks done by our verifier so that verify-ca
     //! (chain only) and require (nothing) are expressed exactly, and failures are named.
@@ -560,92 +560,6 @@ mod connect {
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut *self.0).poll_shutdown(cx)
-        }
-    }
-}
-
-#[cfg(feature = "tls-openssl")]
-mod connect {
-    //! OpenSSL (the system's libssl), through postgres-openssl.
-    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    use tokio::net::TcpStream;
-
-    use super::{Roots, TlsSettings};
-
-    pub type Connector = postgres_openssl::TlsConnector;
-
-    pub struct TlsClient {
-        connector: SslConnector,
-        check_host_name: bool,
-    }
-
-    impl TlsClient {
-        pub fn new(settings: &TlsSettings) -> Result<TlsClient, String> {
-            let mut b = SslConnector::builder(SslMethod::tls_client())
-                .map_err(|e| format!("TLS setup: {e}"))?;
-            match settings.roots() {
-                None => b.set_verify(SslVerifyMode::NONE),
-                Some(Roots::File(path)) => b
-                    .set_ca_file(&path)
-                    .map_err(|e| format!("sslrootcert {path}: {e}"))?,
-                Some(Roots::System) => {}
-            }
-            Ok(TlsClient {
-                connector: b.build(),
-                check_host_name: settings.checks_host_name(),
-            })
-        }
-
-        pub fn connector(&self, host: &str) -> Result<Connector, String> {
-            let mut c = self
-                .connector
-                .configure()
-                .map_err(|e| format!("TLS setup: {e}"))?;
-            c.set_verify_hostname(self.check_host_name);
-            let _ = std::marker::PhantomData::<TcpStream>;
-            Ok(postgres_openssl::TlsConnector::new(c, host))
-        }
-    }
-}
-
-#[cfg(feature = "tls-native")]
-mod connect {
-    //! native-tls (OpenSSL on Linux), through postgres-native-tls.
-    use super::{Roots, TlsSettings};
-
-    pub type Connector = postgres_native_tls::TlsConnector;
-
-    pub struct TlsClient {
-        connector: native_tls::TlsConnector,
-    }
-
-    impl TlsClient {
-        pub fn new(settings: &TlsSettings) -> Result<TlsClient, String> {
-            let mut b = native_tls::TlsConnector::builder();
-            match settings.roots() {
-                None => {
-                    b.danger_accept_invalid_certs(true);
-                }
-                Some(Roots::File(path)) => {
-                    let pem =
-                        std::fs::read(&path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                    let cert = native_tls::Certificate::from_pem(&pem)
-                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                    b.disable_built_in_roots(true).add_root_certificate(cert);
-                }
-                Some(Roots::System) => {}
-            }
-            b.danger_accept_invalid_hostnames(!settings.checks_host_name());
-            Ok(TlsClient {
-                connector: b.build().map_err(|e| format!("TLS setup: {e}"))?,
-            })
-        }
-
-        pub fn connector(&self, host: &str) -> Result<Connector, String> {
-            Ok(postgres_native_tls::TlsConnector::new(
-                self.connector.clone(),
-                host,
-            ))
         }
     }
 }
