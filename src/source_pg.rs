@@ -23,8 +23,11 @@
 //! A reused connection that fails (e.g. the server restarted since the last cycle) is retried
 //! once at once on a fresh connection, so a restart between cycles costs no cycle.
 //!
-//! Limits: one database host (no multi-host failover); no TLS (`sslmode=require` is refused:
-//! use a private network, or a local PgBouncer/stunnel); the database host must be an IP
+//! TLS (feature `tls`): `sslmode` and `sslrootcert` as libpq, parsed and verified in
+//! [`crate::pg_tls`]; the handshake runs inside the connect bound, and its failures are
+//! outages like any other, named by the check that failed.
+//!
+//! Limits: one database host (no multi-host failover); the database host must be an IP
 //! literal, `localhost`, a name in /etc/hosts or a unix-socket directory — other names wait for
 //! the non-blocking resolver ([`resolve_db_host`]); at most [`MAX_ROUTES`] routes; fields longer
 //! than [`MAX_FIELD_LEN`] are cut by the server before they are sent, then rejected.
