@@ -23,6 +23,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
+	$(CARGO) clippy --all-targets --no-default-features --features postgres -- -D warnings
 
 test-default:
 	$(CARGO) test

@@ -10,6 +10,8 @@ pub mod json;
 pub mod mcp;
 pub mod mcp_peer;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod pg_tls;
 pub mod prober;
 pub mod route;
 pub mod signals;

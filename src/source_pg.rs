@@ -23,9 +23,13 @@
 //! A reused connection that fails (e.g. the server restarted since the last cycle) is retried
 //! once at once on a fresh connection, so a restart between cycles costs no cycle.
 //!
-//! Limits: one database host (no multi-host failover); no TLS (`sslmode=require` is refused:
-//! use a private network, or a local PgBouncer/stunnel); a database host name is resolved
-//! by the agent's own resolver within [`DNS_TIMEOUT`] ([`resolve_db_host`]); at most [`MAX_ROUTES`] routes; fields longer
+//! TLS (feature `tls`): `sslmode` and `sslrootcert` as libpq, parsed and verified in
+//! [`crate::pg_tls`]; the handshake runs inside the connect bound, and its failures are
+//! outages like any other, named by the check that failed.
+//!
+//! Limits: one database host (no multi-host failover); a database host name is resolved by
+//! the agent's own resolver within [`DNS_TIMEOUT`] ([`resolve_db_host`]); at most
+//! [`MAX_ROUTES`] routes; fields longer
 //! than [`MAX_FIELD_LEN`] are cut by the server before they are sent, then rejected.
 //! The password never appears in errors, logs or [`PgSource::describe`].
 
@@ -41,12 +45,15 @@ use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::{Host, SslMode as TpSslMode};
+use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::dns::{Resolver, ResolverConfig};
-
+#[cfg(feature = "tls")]
+use crate::pg_tls::TlsClient;
+use crate::pg_tls::{split_tls_params, SslMode, TlsSettings};
 use crate::route::{Route, MAX_FIELD_LEN, MAX_ROUTES};
 
 /// Bound on TCP connect + startup + authentication, all addresses together. A database a
@@ -151,6 +158,11 @@ pub struct PgSource {
     resolver: Resolver,
     config: Config,
     target: Target,
+    /// `sslmode`/`sslrootcert` as the URL gave them (see `pg_tls`).
+    tls: TlsSettings,
+    /// The TLS side, for TCP targets with any sslmode but `disable`.
+    #[cfg(feature = "tls")]
+    tls_client: Option<TlsClient>,
     hostname: String,
     described: String,
     /// For scrubbing, when long enough to scrub (see [`MIN_SCRUBBED_PASSWORD_LEN`]).
@@ -177,8 +189,10 @@ impl PgSource {
         hostname: &str,
         pgpassword: Option<&str>,
     ) -> Result<PgSource, String> {
-        let mut config = Config::from_str(database_url)
-            .map_err(|e| format!("database URL: {}", error_text(&e)))?;
+        let (rest, tls) =
+            split_tls_params(database_url).map_err(|e| format!("database URL: {e}"))?;
+        let mut config =
+            Config::from_str(&rest).map_err(|e| format!("database URL: {}", error_text(&e)))?;
         if hostname.is_empty() {
             return Err("the hostname to register as is empty".into());
         }
@@ -195,17 +209,32 @@ impl PgSource {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .filter(|p| p.len() >= MIN_SCRUBBED_PASSWORD_LEN);
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "database URL: sslmode=require is not supported (this agent has no TLS); \
-                 use a private network or a local PgBouncer/stunnel, and sslmode=disable or prefer"
-                    .into(),
-            );
-        }
         if config.get_application_name().is_none() {
             config.application_name(APPLICATION_NAME);
         }
         let target = target_of(&config)?;
+        // As libpq, TLS is never used over a unix socket, whatever the sslmode.
+        let tcp = matches!(target, Target::Tcp { .. });
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => TpSslMode::Disable,
+            _ if !tcp => TpSslMode::Disable,
+            SslMode::Prefer => TpSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => TpSslMode::Require,
+        });
+        #[cfg(feature = "tls")]
+        let tls_client = match tls.mode {
+            SslMode::Disable => None,
+            _ if !tcp => None,
+            _ => Some(TlsClient::new(&tls).map_err(|e| format!("database URL: {e}"))?),
+        };
+        #[cfg(not(feature = "tls"))]
+        if tcp && tls.mode.requires_tls() {
+            return Err(format!(
+                "database URL: sslmode={} needs TLS, which this build leaves out (built without \
+                 the `tls` cargo feature); rebuild with it, or use sslmode=disable or prefer",
+                tls.mode
+            ));
+        }
         let db = config.get_dbname().unwrap_or(&user).to_owned();
         let described = match &target {
             Target::Tcp { host, port, .. } if host.contains(':') => {
@@ -229,6 +258,9 @@ impl PgSource {
         Ok(PgSource {
             config,
             target,
+            tls,
+            #[cfg(feature = "tls")]
+            tls_client,
             hostname: hostname.to_owned(),
             described,
             password,
@@ -386,7 +418,7 @@ impl PgSource {
         };
         let connecting = async {
             match &self.target {
-                Target::Tcp { port, .. } => {
+                Target::Tcp { host, port, .. } => {
                     let addrs = resolved;
                     let mut last = String::from("no address");
                     for ip in addrs {
@@ -394,7 +426,7 @@ impl PgSource {
                             Ok(stream) => {
                                 // Small messages, one round trip each way: no Nagle delay.
                                 let _ = stream.set_nodelay(true);
-                                return self.handshake(stream).await;
+                                return self.handshake_tcp(stream, host).await;
                             }
                             Err(e) => last = format!("{ip} port {port}: {e}"),
                         }
@@ -404,7 +436,7 @@ impl PgSource {
                 Target::Unix { dir, port } => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     match tokio::net::UnixStream::connect(&path).await {
-                        Ok(stream) => self.handshake(stream).await,
+                        Ok(stream) => self.handshake(stream, NoTls).await,
                         Err(e) => Err(format!("{}: {e}", path.display())),
                     }
                 }
@@ -427,16 +459,40 @@ impl PgSource {
         }
     }
 
+    /// TLS as the sslmode says (certificates checked for `host`, the URL's name, not the
+    /// address), then [`Self::handshake`].
+    async fn handshake_tcp(
+        &self,
+        stream: tokio::net::TcpStream,
+        host: &str,
+    ) -> Result<Conn, String> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls_client {
+            return self.handshake(stream, tls.connector(host)?).await;
+        }
+        let _ = host;
+        self.handshake(stream, NoTls).await
+    }
+
     /// Startup and authentication on an open socket; spawns the socket's driver task.
-    async fn handshake<S>(&self, stream: S) -> Result<Conn, String>
+    async fn handshake<S, T>(&self, stream: S, tls: T) -> Result<Conn, String>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: TlsConnect<S>,
+        T::Stream: Send + 'static,
     {
-        let (client, connection) = self
-            .config
-            .connect_raw(stream, NoTls)
-            .await
-            .map_err(|e| error_text(&e))?;
+        let (client, connection) = self.config.connect_raw(stream, tls).await.map_err(|e| {
+            let text = error_text(&e);
+            if text.contains("server does not support TLS") {
+                format!(
+                    "{text} (sslmode={} requires TLS: turn on ssl in the server's \
+                             postgresql.conf, or use sslmode=prefer)",
+                    self.tls.mode
+                )
+            } else {
+                text
+            }
+        })?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("database connection ended: {}", error_text(&e));
@@ -797,7 +853,15 @@ mod tests {
             ("postgres://h/d", "no user"),
             ("postgres://a@/d", "no host"),
             ("postgres://a@h1,h2/d", "several hosts"),
-            ("postgres://a:pw@h/d?sslmode=require", "sslmode=require"),
+            ("postgres://a:pw@h/d?sslmode=verify", "sslmode 'verify'"),
+            (
+                "postgres://a:pw@h/d?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                if cfg!(feature = "tls") {
+                    "sslrootcert /nonexistent/ca.pem: No such file"
+                } else {
+                    "sslmode=verify-full needs TLS"
+                },
+            ),
             ("postgres://a:pw@h:notaport/d", "database URL"),
             ("postgres://a:pw@h/d%ff", "database URL"),
             ("nonsense = = =", "database URL"),

@@ -5,6 +5,8 @@
 pub mod dns_server;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "tls")]
+pub mod pg_tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
