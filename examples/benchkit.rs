@@ -21,10 +21,11 @@
 //! after 100 cycles vs after 10, threads.
 //!
 //! Usage: `benchkit AGENT_BIN FLOOR_BIN WORK_DIR` with the settings in the environment:
-//! `BENCH_ROUTES` (1000), `BENCH_WINDOW` seconds (10), `BENCH_ROUNDS` (3),
+//! `BENCH_ROUTES` (1000), `BENCH_WINDOW` seconds (8), `BENCH_ROUNDS` (5),
 //! `BENCH_BLACKBOX` (path of blackbox_exporter; empty skips it), `BENCH_MICRO_JSON` (results
 //! of `benches/micro.rs` to merge), `BENCH_JSON` (output, default `WORK_DIR/../bench.json`),
-//! `BENCH_DATABASE_URL` (reserved for the PostgreSQL-source figure, see [`postgres_hook`]).
+//! `BENCH_DATABASE_URL` (reserved for the PostgreSQL-source figure, see [`postgres_hook`]),
+//! `BENCH_STRICT=1` (exit 1 when a target is missed; by default a miss is reported, not fatal).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -401,7 +402,9 @@ fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Clien
             }
         }
         if Instant::now() > until {
-            return Err(format!("no 200 from http://{addr}{path} within {timeout:?}"));
+            return Err(format!(
+                "no 200 from http://{addr}{path} within {timeout:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -565,7 +568,10 @@ fn agent_command(agent: &Path, routes: &Path, interval: &str, port: u16) -> Comm
 fn write_routes(path: &Path, ports: &[u16]) -> io::Result<()> {
     let mut text = String::from("# benchkit: loopback listeners of the farm\n");
     for (i, port) in ports.iter().enumerate() {
-        text.push_str(&format!("bench tcp-proxy-{i:05} {} 127.0.0.1:{port}\n", i + 1));
+        text.push_str(&format!(
+            "bench tcp-proxy-{i:05} {} 127.0.0.1:{port}\n",
+            i + 1
+        ));
     }
     fs::write(path, text)
 }
@@ -633,15 +639,17 @@ fn main() {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let [_, agent, floor, work] = &args[..] else {
-        return Err("usage: benchkit AGENT_BIN FLOOR_BIN WORK_DIR (settings: see the source)".into());
+        return Err(
+            "usage: benchkit AGENT_BIN FLOOR_BIN WORK_DIR (settings: see the source)".into(),
+        );
     };
     let s = Settings {
         agent: PathBuf::from(agent),
         floor: PathBuf::from(floor),
         work: PathBuf::from(work),
         routes: env_or("BENCH_ROUTES", 1000usize),
-        window: Duration::from_secs_f64(env_or("BENCH_WINDOW", 10.0f64)),
-        rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
+        window: Duration::from_secs_f64(env_or("BENCH_WINDOW", 8.0f64)),
+        rounds: env_or("BENCH_ROUNDS", 5usize).max(1),
         blackbox: std::env::var("BENCH_BLACKBOX")
             .ok()
             .filter(|p| !p.is_empty())
@@ -886,7 +894,11 @@ fn command_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text)
                 .lines()
                 .next()
@@ -1048,8 +1060,14 @@ fn report(
     }
     println!(
         "per-round ratios agent/floor: {:?}; agent/blackbox: {:?}",
-        af_runs.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>(),
-        ab_runs.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>()
+        af_runs
+            .iter()
+            .map(|x| (x * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
+        ab_runs
+            .iter()
+            .map(|x| (x * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
     );
 
     let start_med = median(starts);
@@ -1189,5 +1207,9 @@ fn report(
     fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     println!();
     println!("figures written to {}", path.display());
+    let missed = targets.iter().filter(|t| t.2 == Some(false)).count();
+    if missed > 0 && std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1") {
+        return Err(format!("{missed} target(s) missed (BENCH_STRICT=1)"));
+    }
     Ok(())
 }
