@@ -205,12 +205,18 @@ fn clock_ticks_per_second() -> f64 {
 
 /// utime + stime of a process (all its threads) or a thread, in seconds, from a `stat` file.
 fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    cpu_split(stat_path).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) in seconds.
+fn cpu_split(stat_path: &str) -> Option<(f64, f64)> {
     let stat = fs::read_to_string(stat_path).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks_per_second())
+    let hz = clock_ticks_per_second();
+    Some((utime as f64 / hz, stime as f64 / hz))
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -499,6 +505,8 @@ impl Drop for Driver {
 #[derive(Clone, Copy, Default)]
 struct Window {
     cpu_s: f64,
+    /// The user-space part of `cpu_s` (the rest is the kernel's, on the prober's behalf).
+    user_s: f64,
     probes: u64,
     wall_s: f64,
     /// CPU of the blackbox driver thread (not charged to blackbox).
@@ -528,7 +536,7 @@ fn measure(
 ) -> Result<Window, String> {
     farm.wait_for(farm.accepted(), farm.ports.len() as u64, what)?;
     let stat = format!("/proc/{pid}/stat");
-    let read = || cpu_seconds(&stat).ok_or_else(|| format!("{what}: cannot read {stat}"));
+    let read = || cpu_split(&stat).ok_or_else(|| format!("{what}: cannot read {stat}"));
     let ok = || driver.map_or(0, |d| d.ok.load(Ordering::Relaxed));
     let (c0, a0, d0, k0, t0) = (
         read()?,
@@ -546,7 +554,8 @@ fn measure(
         Instant::now(),
     );
     Ok(Window {
-        cpu_s: c1 - c0,
+        cpu_s: (c1.0 + c1.1) - (c0.0 + c0.1),
+        user_s: c1.0 - c0.0,
         probes: a1 - a0,
         wall_s: (t1 - t0).as_secs_f64(),
         driver_cpu_s: d1 - d0,
@@ -685,10 +694,11 @@ fn run() -> Result<(), String> {
             measure(&farm, child.pid(), s.window, "agent", None)?
         };
         println!(
-            "round {round}: agent    {:>7.2} µs/probe ({} probes, {:.2} s CPU)",
+            "round {round}: agent    {:>7.2} µs/probe ({} probes, {:.2} s CPU, {:.2} s of it user)",
             a.us_per_probe(),
             a.probes,
-            a.cpu_s
+            a.cpu_s,
+            a.user_s
         );
         agent_w.push(a);
 
@@ -699,10 +709,11 @@ fn run() -> Result<(), String> {
             measure(&farm, child.pid(), s.window, "floor", None)?
         };
         println!(
-            "round {round}: floor    {:>7.2} µs/probe ({} probes, {:.2} s CPU)",
+            "round {round}: floor    {:>7.2} µs/probe ({} probes, {:.2} s CPU, {:.2} s of it user)",
             f.us_per_probe(),
             f.probes,
-            f.cpu_s
+            f.cpu_s,
+            f.user_s
         );
         floor_w.push(f);
 
@@ -944,6 +955,7 @@ fn prober_json(w: &[Window]) -> Value {
     json!({
         "cpu_us_per_probe": median(&per),
         "cpu_us_per_probe_runs": per,
+        "user_us_per_probe": median(&w.iter().map(|x| x.user_s * 1e6 / x.probes.max(1) as f64).collect::<Vec<_>>()),
         "probes_per_window": w.iter().map(|x| x.probes).collect::<Vec<_>>(),
         "cpu_s_per_window": w.iter().map(|x| x.cpu_s).collect::<Vec<_>>(),
         "window_s": median(&w.iter().map(|x| x.wall_s).collect::<Vec<_>>()),
@@ -1020,6 +1032,14 @@ fn report(
         cell(&b, cpu(&b), &us),
         ratio(af),
         ratio(ab)
+    );
+    let user = |v: &Value| v["user_us_per_probe"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{:<28} {:>10} {:>10} {:>10}",
+        "  of which user space (µs)",
+        cell(&a, user(&a), &us),
+        cell(&f, user(&f), &us),
+        cell(&b, user(&b), &us),
     );
     let (pf, pb) = (peak(&a) / peak(&f), peak(&a) / peak(&b));
     println!(
