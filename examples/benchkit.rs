@@ -1006,7 +1006,11 @@ fn prober_json(w: &[Window]) -> Value {
         "peak_rss_kib_max": peaks.iter().copied().fold(0.0, f64::max),
         "threads": w.last().map(|x| x.foot.threads),
         "open_fds": w.last().map(|x| x.foot.fds),
-        "driver_cpu_us_per_probe": median(&w.iter().map(|x| if x.probes == 0 { f64::NAN } else { x.driver_cpu_s * 1e6 / x.probes as f64 }).collect::<Vec<_>>()),
+        "driver_cpu_us_per_probe": if w.iter().all(|x| x.driver_cpu_s == 0.0) {
+            Value::Null
+        } else {
+            json!(median(&w.iter().map(|x| if x.probes == 0 { f64::NAN } else { x.driver_cpu_s * 1e6 / x.probes as f64 }).collect::<Vec<_>>()))
+        },
     })
 }
 
