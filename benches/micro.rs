@@ -1,0 +1,232 @@
+//! Micro-benchmarks of the pure parts, without sockets: the /metrics renderer, the HTTP
+//! request-head parser and the routes-file parser.
+//!
+//! A hand-written harness (`harness = false`) instead of criterion, to keep build time low on
+//! small shared machines: each benchmark is calibrated so one sample takes about
+//! [`SAMPLE_TARGET`], then [`SAMPLES`] samples are timed and the median time per iteration is
+//! reported (with the fastest and slowest sample, to show the spread).
+//!
+//! Run: `cargo bench --bench micro` (optionally with a name filter: `cargo bench --bench micro
+//! -- render`). With `BENCH_MICRO_JSON=path` the results are also written as JSON, which
+//! `scripts/bench.sh` merges into `target/bench.json`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use sigma_agent_lite::http::{self, Parse};
+use sigma_agent_lite::metrics::{self, ProcessStats};
+use sigma_agent_lite::route::{self, Route};
+use sigma_agent_lite::snapshot::{Outcome, ProbeResult, Reason, Snapshot};
+
+/// Samples per benchmark; the median of these is the result.
+const SAMPLES: usize = 21;
+/// Wall time one sample aims for (iterations are calibrated to it).
+const SAMPLE_TARGET: Duration = Duration::from_millis(10);
+
+/// One benchmark's result, in nanoseconds per iteration.
+struct Result {
+    name: String,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+    iters_per_sample: u64,
+}
+
+/// Times `f`: calibrates the iteration count, then takes [`SAMPLES`] samples.
+fn bench(name: &str, mut f: impl FnMut()) -> Result {
+    // Warm up and calibrate: double the iterations until one sample takes long enough.
+    let mut iters: u64 = 1;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let took = t.elapsed();
+        if took >= SAMPLE_TARGET / 2 || iters >= 1 << 30 {
+            let per = took.as_secs_f64() / iters as f64;
+            iters = ((SAMPLE_TARGET.as_secs_f64() / per.max(1e-9)) as u64).max(1);
+            break;
+        }
+        iters *= 2;
+    }
+    let mut samples: Vec<f64> = (0..SAMPLES)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e9 / iters as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    Result {
+        name: name.to_owned(),
+        median_ns: samples[SAMPLES / 2],
+        min_ns: samples[0],
+        max_ns: samples[SAMPLES - 1],
+        iters_per_sample: iters,
+    }
+}
+
+/// `n` loopback routes, the shape of a real fleet's (node, route name, listen port, backend).
+fn routes(n: usize) -> Vec<Route> {
+    (0..n)
+        .map(|i| {
+            Route::new(
+                &format!("layer4-{:02}", i / 1000),
+                &format!("tcp-proxy-{i:05}"),
+                (10_000 + i % 1000) as u16,
+                "127.0.0.1",
+                (20_000 + i % 40_000) as u16,
+            )
+            .expect("valid route")
+        })
+        .collect()
+}
+
+/// A snapshot of `n` routes after a few cycles: 90 % reachable, 10 % down with failures of
+/// two reasons (so the failure-counter family has series too), as a real scrape would see.
+fn filled_snapshot(n: usize) -> Snapshot {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
+    snap.set_routes(routes(n));
+    for cycle in 0..3u64 {
+        for i in 0..n {
+            let outcome = if i % 10 == 9 {
+                Outcome::Failed(if cycle == 0 {
+                    Reason::Timeout
+                } else {
+                    Reason::Refused
+                })
+            } else {
+                Outcome::Reachable {
+                    latency: Duration::from_micros(40 + (i as u64 * 7) % 300),
+                }
+            };
+            snap.record(
+                i,
+                ProbeResult {
+                    outcome,
+                    address: None,
+                    dns_duration: None,
+                    detail: None,
+                },
+                t0,
+            );
+        }
+        snap.cycle_done(Duration::from_millis(80), false, t0);
+    }
+    snap
+}
+
+fn bench_render(n: usize) -> Result {
+    let snap = filled_snapshot(n);
+    let process = ProcessStats {
+        resident_bytes: Some(2_000_000),
+        cpu_seconds: Some(1.25),
+        open_fds: Some(9),
+        max_fds: Some(1024),
+    };
+    // The HTTP connection reuses its buffer between scrapes; so does this.
+    let mut out = Vec::new();
+    metrics::render(&snap, &process, &mut out);
+    let size = out.len();
+    let mut r = bench(&format!("render /metrics, {n} routes"), || {
+        out.clear();
+        metrics::render(black_box(&snap), black_box(&process), &mut out);
+        black_box(&out);
+    });
+    r.name = format!("{} ({} KiB)", r.name, size / 1024);
+    r
+}
+
+/// What Prometheus 2.x sends for a scrape.
+const SCRAPE_HEAD: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9102\r\n\
+User-Agent: Prometheus/2.45.0\r\n\
+Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n\
+Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n";
+
+fn bench_parse_head() -> Result {
+    assert!(matches!(http::parse_head(SCRAPE_HEAD), Parse::Complete(..)));
+    bench("http::parse_head, Prometheus scrape head", || {
+        black_box(http::parse_head(black_box(SCRAPE_HEAD)));
+    })
+}
+
+fn bench_parse_routes(n: usize) -> Result {
+    let mut text = String::from("# node route listen backend\n");
+    for r in routes(n) {
+        text.push_str(&format!(
+            "{} {} {} {}\n",
+            r.node, r.name, r.listen_port, r.backend
+        ));
+    }
+    assert_eq!(route::parse_routes(&text).map(|r| r.len()), Ok(n));
+    bench(&format!("route::parse_routes, {n} lines"), || {
+        black_box(route::parse_routes(black_box(&text)).ok());
+    })
+}
+
+/// `/proc/self` figures, read before every /metrics render (the scrape's I/O part).
+fn bench_process_stats() -> Result {
+    bench("metrics::ProcessStats::read (/proc/self)", || {
+        black_box(ProcessStats::read());
+    })
+}
+
+// MCP: when the MCP module lands, add its `tools/call` benchmark here (parse one JSON-RPC
+// request line, dispatch, render the response into a reused buffer) and list it in `main`.
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else not starting with `-` filters by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    type Bench = (&'static str, fn() -> Result);
+    let benches: [Bench; 6] = [
+        ("render_1000", || bench_render(1_000)),
+        ("render_10000", || bench_render(10_000)),
+        ("parse_head", bench_parse_head),
+        ("parse_routes_1000", || bench_parse_routes(1_000)),
+        ("parse_routes_10000", || bench_parse_routes(10_000)),
+        ("process_stats_read", bench_process_stats),
+        // ("mcp_tools_call", bench_mcp_tools_call), // when the MCP module lands
+    ];
+    println!(
+        "{:<48} {:>12} {:>12} {:>12}",
+        "benchmark (median of 21 samples)", "median", "min", "max"
+    );
+    let mut json = Vec::new();
+    for (key, run) in benches {
+        if filter.as_deref().is_some_and(|f| !key.contains(f)) {
+            continue;
+        }
+        let r = run();
+        println!(
+            "{:<48} {:>12} {:>12} {:>12}",
+            r.name,
+            fmt_ns(r.median_ns),
+            fmt_ns(r.min_ns),
+            fmt_ns(r.max_ns)
+        );
+        json.push(format!(
+            "  \"{key}\": {{\"median_ns\": {:.1}, \"min_ns\": {:.1}, \"max_ns\": {:.1}, \"samples\": {SAMPLES}, \"iters_per_sample\": {}}}",
+            r.median_ns, r.min_ns, r.max_ns, r.iters_per_sample
+        ));
+    }
+    if let Ok(path) = std::env::var("BENCH_MICRO_JSON") {
+        let text = format!("{{\n{}\n}}\n", json.join(",\n"));
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("error: cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
