@@ -425,30 +425,46 @@ fn connected(stream: &TcpStream) -> Connect {
     }
 }
 
+/// Records a result, and logs a change of state at info (one line per change, never per
+/// probe); the label is only formatted when a line is written.
 fn record(snap: &mut Snapshot, index: usize, result: ProbeResult, wall: SystemTime) {
-    let route = snap
-        .routes
-        .get(index)
-        .map(|s| format!("{}/{} ({})", s.route.node, s.route.name, s.route.backend));
-    let detail = result.detail.clone();
-    let reason = match result.outcome {
-        Outcome::Failed(r) => Some(r),
-        Outcome::Reachable { .. } => None,
-    };
     let change = snap.record(index, result, wall);
-    let (Some(route), detail) = (route, detail.unwrap_or_default()) else {
+    if change == Change::Same && !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let Some(state) = snap.routes.get(index) else {
         return;
     };
-    match (change, reason) {
-        (Change::Down | Change::First, Some(r)) => {
-            log::info!("backend {route} is down: {} ({detail})", r.as_str())
-        }
+    let Some((last, _)) = &state.last else {
+        return;
+    };
+    let r = &state.route;
+    let detail = last.detail.as_deref().unwrap_or("");
+    match (change, last.outcome) {
+        (Change::Down | Change::First, Outcome::Failed(reason)) => log::info!(
+            "backend {}/{} ({}) is down: {} ({detail})",
+            r.node,
+            r.name,
+            r.backend,
+            reason.as_str()
+        ),
         (Change::Up { down_for }, _) => log::info!(
-            "backend {route} is up again after {:.1}s down",
+            "backend {}/{} ({}) is up again after {:.1}s down",
+            r.node,
+            r.name,
+            r.backend,
             down_for.as_secs_f64()
         ),
-        (Change::First, None) => log::debug!("backend {route} is up"),
-        (_, Some(r)) => log::debug!("backend {route} still down: {} ({detail})", r.as_str()),
+        (Change::First, Outcome::Reachable { .. }) => {
+            log::debug!("backend {}/{} ({}) is up", r.node, r.name, r.backend)
+        }
+        (_, Outcome::Failed(reason)) => log::debug!(
+            "backend {}/{} ({}) still down: {} ({detail})",
+            r.node,
+            r.name,
+            r.backend,
+            reason.as_str()
+        ),
         _ => {}
     }
 }

@@ -26,7 +26,7 @@ pub const MAX_FIELD_LEN: usize = 253;
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One route to probe. `backend` is the label value as the operator wrote it (`host:port`,
-/// `[v6]:port`); `host` is without brackets.
+/// `[v6]:port`); `host` is without brackets. Built only by [`Route::new`], which validates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub node: String,
@@ -35,6 +35,8 @@ pub struct Route {
     pub host: String,
     pub port: u16,
     pub backend: String,
+    /// `host` parsed once, when it is an IP literal (probes don't re-parse it every cycle).
+    ip: Option<IpAddr>,
 }
 
 impl Route {
@@ -69,12 +71,13 @@ impl Route {
             host: host.to_owned(),
             port,
             backend,
+            ip: host.parse().ok(),
         })
     }
 
     /// The host as an IP address, when it is a literal.
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.ip
     }
 }
 
@@ -228,6 +231,7 @@ mod tests {
                 host: "hk013.example.com".into(),
                 port: 443,
                 backend: "hk013.example.com:443".into(),
+                ip: None,
             }
         );
         assert_eq!(routes[1].name, "we\"ird\\name");
