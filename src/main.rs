@@ -86,6 +86,11 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
         .http_addr()
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
     if let Some(mcp) = agent.mcp_addr() {
+        if !mcp.ip().is_loopback() {
+            log::warn!(
+                "MCP listens on {mcp}, not loopback: whoever reaches it can read this host's backend health (no authentication)"
+            );
+        }
         listen = format!("{listen}; mcp {mcp}");
     }
     if config.mcp_stdio {
