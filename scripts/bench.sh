@@ -13,7 +13,7 @@
 #      cycles vs after 10
 #   3. a table with PASS/FAIL per target, and every figure as JSON in target/bench.json
 #
-# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~4-5 minutes
+# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~3.5-4 minutes
 # (plus the first build). Not part of `make test`.
 #
 # The PostgreSQL source: like tests/common/pg.rs, initdb + pg_ctl from the newest
