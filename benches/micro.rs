@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pure parts, without sockets: the /metrics renderer, the HTTP
-//! request-head parser and the routes-file parser.
+//! request-head parser, the routes-file parser and the MCP `tools/call` handler.
 //!
 //! A hand-written harness (`harness = false`) instead of criterion, to keep build time low on
 //! small shared machines: each benchmark is calibrated so one sample takes about
@@ -14,6 +14,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use sigma_agent_lite::http::{self, Parse};
+use sigma_agent_lite::json;
+use sigma_agent_lite::mcp;
 use sigma_agent_lite::metrics::{self, ProcessStats};
 use sigma_agent_lite::route::{self, Route};
 use sigma_agent_lite::snapshot::{Outcome, ProbeResult, Reason, Snapshot};
@@ -30,6 +32,8 @@ struct Result {
     min_ns: f64,
     max_ns: f64,
     iters_per_sample: u64,
+    /// Size of what one iteration produced (a response), when that is worth reporting.
+    output_bytes: Option<usize>,
 }
 
 /// Times `f`: calibrates the iteration count, then takes [`SAMPLES`] samples.
@@ -65,6 +69,7 @@ fn bench(name: &str, mut f: impl FnMut()) -> Result {
         min_ns: samples[0],
         max_ns: samples[SAMPLES - 1],
         iters_per_sample: iters,
+        output_bytes: None,
     }
 }
 
@@ -174,8 +179,108 @@ fn bench_process_stats() -> Result {
     })
 }
 
-// MCP: when the MCP module lands, add its `tools/call` benchmark here (parse one JSON-RPC
-// request line, dispatch, render the response into a reused buffer) and list it in `main`.
+/// A snapshot of `n` routes after a few cycles as the prober leaves it for MCP: every route
+/// has a result with the address connected to; 90 % reachable, 10 % refused with the OS
+/// error as detail (what `query_backend_health` lists with `unreachable_only`).
+fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
+    snap.set_routes(routes(n));
+    for cycle in 0..3u64 {
+        let at = t0 + Duration::from_secs(30 * cycle);
+        for i in 0..n {
+            let route = &snap.routes[i].route;
+            let address = Some(std::net::SocketAddr::from(([127, 0, 0, 1], route.port)));
+            let result = if i % 10 == 9 {
+                ProbeResult {
+                    outcome: Outcome::Failed(Reason::Refused),
+                    address,
+                    dns_duration: None,
+                    detail: Some("Connection refused (os error 111)".into()),
+                }
+            } else {
+                ProbeResult {
+                    outcome: Outcome::Reachable {
+                        latency: Duration::from_micros(40 + (i as u64 * 7) % 300),
+                    },
+                    address,
+                    dns_duration: None,
+                    detail: None,
+                }
+            };
+            snap.record(i, result, at);
+        }
+        snap.cycle_done(Duration::from_millis(80), false, at);
+    }
+    // Asked 5 s after the last cycle ended: status "current".
+    let now = t0 + Duration::from_secs(65);
+    (snap, now)
+}
+
+/// A `tools/call` request line as an MCP client sends it (handshake era, no `_meta`).
+fn tools_call_line(arguments: &str) -> String {
+    format!(
+        r#"{{"method":"tools/call","params":{{"name":"{}","arguments":{arguments}}},"jsonrpc":"2.0","id":7}}"#,
+        mcp::TOOL_NAME
+    )
+}
+
+/// `mcp::handle_line` of one `tools/call` of `query_backend_health` on 1,000 probed routes:
+/// parse the line, dispatch, write the report (JSON text plus its structured copy) into a
+/// buffer reused between calls, as a connection does.
+fn bench_mcp_tools_call(unreachable_only: bool) -> Result {
+    let n = 1_000;
+    let (snap, now) = probed_snapshot(n);
+    let arguments = if unreachable_only {
+        r#"{"unreachable_only":true}"#
+    } else {
+        "{}"
+    };
+    let line = tools_call_line(arguments);
+    let mut out = Vec::new();
+    mcp::handle_line(line.as_bytes(), &snap, now, &mut out);
+    // Check that this is the tool's answer, not an error, with the expected backends.
+    let response =
+        json::parse(out.strip_suffix(b"\n").expect("one response line")).expect("response is JSON");
+    let result = response.get("result").expect("a result, not an error");
+    assert_eq!(result.get("isError").and_then(|v| v.as_bool()), Some(false));
+    let structured = result.get("structuredContent").expect("structuredContent");
+    assert_eq!(
+        structured.get("status").and_then(|v| v.as_str()),
+        Some("current")
+    );
+    let listed = structured
+        .get("backends")
+        .and_then(|v| v.as_array())
+        .map_or(0, <[_]>::len);
+    assert_eq!(listed, if unreachable_only { n / 10 } else { n });
+    let size = out.len();
+    let what = if unreachable_only {
+        "unreachable_only"
+    } else {
+        "all"
+    };
+    let mut r = bench(&format!("mcp tools/call, {what}: {listed}"), || {
+        out.clear();
+        mcp::handle_line(black_box(line.as_bytes()), black_box(&snap), now, &mut out);
+        black_box(&out);
+    });
+    r.name = format!("{} of {n} ({} KiB)", r.name, size / 1024);
+    r.output_bytes = Some(size);
+    r
+}
+
+/// `json::parse` of the `tools/call` request line alone (the first step of `handle_line`).
+fn bench_mcp_parse_request() -> Result {
+    let line = tools_call_line(r#"{"unreachable_only":true}"#);
+    assert!(json::parse(line.as_bytes()).is_ok());
+    bench(
+        &format!("json::parse, tools/call line ({} B)", line.len()),
+        || {
+            black_box(json::parse(black_box(line.as_bytes())).is_ok());
+        },
+    )
+}
 
 fn fmt_ns(ns: f64) -> String {
     if ns >= 1e6 {
@@ -191,14 +296,18 @@ fn main() {
     // `cargo bench` passes `--bench`; anything else not starting with `-` filters by name.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     type Bench = (&'static str, fn() -> Result);
-    let benches: [Bench; 6] = [
+    let benches: [Bench; 9] = [
         ("render_1000", || bench_render(1_000)),
         ("render_10000", || bench_render(10_000)),
         ("parse_head", bench_parse_head),
         ("parse_routes_1000", || bench_parse_routes(1_000)),
         ("parse_routes_10000", || bench_parse_routes(10_000)),
         ("process_stats_read", bench_process_stats),
-        // ("mcp_tools_call", bench_mcp_tools_call), // when the MCP module lands
+        ("mcp_tools_call_all_1000", || bench_mcp_tools_call(false)),
+        ("mcp_tools_call_unreachable_1000", || {
+            bench_mcp_tools_call(true)
+        }),
+        ("mcp_parse_request", bench_mcp_parse_request),
     ];
     println!(
         "{:<48} {:>12} {:>12} {:>12}",
@@ -217,8 +326,11 @@ fn main() {
             fmt_ns(r.min_ns),
             fmt_ns(r.max_ns)
         );
+        let bytes = r
+            .output_bytes
+            .map_or(String::new(), |b| format!(", \"output_bytes\": {b}"));
         json.push(format!(
-            "  \"{key}\": {{\"median_ns\": {:.1}, \"min_ns\": {:.1}, \"max_ns\": {:.1}, \"samples\": {SAMPLES}, \"iters_per_sample\": {}}}",
+            "  \"{key}\": {{\"median_ns\": {:.1}, \"min_ns\": {:.1}, \"max_ns\": {:.1}, \"samples\": {SAMPLES}, \"iters_per_sample\": {}{bytes}}}",
             r.median_ns, r.min_ns, r.max_ns, r.iters_per_sample
         ));
     }

@@ -13,6 +13,11 @@
 //!   `/probe` by a thread here over one keep-alive connection (the driver's CPU is reported
 //!   apart and not charged to blackbox).
 //!
+//! With a database (see `PgSettings`), each round also runs the agent with the PostgreSQL
+//! source (`--database-url`, routes read each cycle) right after the file-source agent, over
+//! the same targets (inserted as one vps, one node and N routes) and the same window, then
+//! scrapes it once per cycle for `sigma_route_fetch_duration_seconds`.
+//!
 //! CPU per probe = (utime + stime from `/proc/PID/stat`, all threads) ÷ connections the farm
 //! accepted in the window: every target accepts, so every probe is a reachable one, counted
 //! the same way for the three. Peak RSS is `VmHWM` from `/proc/PID/status`. The agent is then
@@ -24,7 +29,9 @@
 //! `BENCH_ROUTES` (1000), `BENCH_WINDOW` seconds (8), `BENCH_ROUNDS` (5),
 //! `BENCH_BLACKBOX` (path of blackbox_exporter; empty skips it), `BENCH_MICRO_JSON` (results
 //! of `benches/micro.rs` to merge), `BENCH_JSON` (output, default `WORK_DIR/../bench.json`),
-//! `BENCH_DATABASE_URL` (reserved for the PostgreSQL-source figure, see [`postgres_hook`]),
+//! `BENCH_DATABASE_URL` and `BENCH_DATABASE_ADMIN_URL` (the PostgreSQL source, see
+//! `PgSettings`; `scripts/bench.sh` sets them for its throwaway cluster), `BENCH_PG_HOSTNAME`,
+//! `BENCH_PG_ORIGIN`, `BENCH_PG_SKIP` (why there is no database),
 //! `BENCH_STRICT=1` (exit 1 when a target is missed; by default a miss is reported, not fatal).
 
 use std::fs;
@@ -238,6 +245,9 @@ fn count_entries(dir: &str) -> Option<u64> {
 struct Footprint {
     peak_rss_kib: u64,
     rss_kib: u64,
+    /// The parts of `rss_kib`: anonymous (heap, stacks) and file-backed (code, libraries).
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
     threads: u64,
     fds: u64,
 }
@@ -246,6 +256,8 @@ fn footprint(pid: u32) -> Footprint {
     Footprint {
         peak_rss_kib: status_kib(pid, "VmHWM:").unwrap_or(0),
         rss_kib: status_kib(pid, "VmRSS:").unwrap_or(0),
+        rss_anon_kib: status_kib(pid, "RssAnon:").unwrap_or(0),
+        rss_file_kib: status_kib(pid, "RssFile:").unwrap_or(0),
         threads: count_entries(&format!("/proc/{pid}/task")).unwrap_or(0),
         fds: count_entries(&format!("/proc/{pid}/fd")).unwrap_or(0),
     }
@@ -629,18 +641,472 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The PostgreSQL-source figure (peak RSS ≤ 4 MiB with a live database) is separate work:
-/// when `BENCH_DATABASE_URL` is set, this is where the agent is to be started with the
-/// database source instead of `--routes-file` and measured like the file source (`measure`,
-/// `footprint`). Until then it only says so.
-fn postgres_hook() -> Value {
-    match std::env::var("BENCH_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => {
-            println!("note: BENCH_DATABASE_URL is set, but the PostgreSQL-source run is not built yet (separate work); skipped");
-            json!({"status": "not implemented", "database_url_set": true})
+// ---------------------------------------------------------------------------------------------
+// The PostgreSQL source: the same agent and targets, routes read from a database each cycle.
+
+/// Hostname of the bench's `vps` row (`--hostname` of the agent). Its rows are replaced at the
+/// start and deleted at the end, so on an external database it must not be a real host's.
+const PG_HOSTNAME_DEFAULT: &str = "sigma-agent-lite-bench";
+/// Node id of the bench's `envoy_nodes` row (the file source's node column is the same).
+const PG_NODE: &str = "bench";
+/// After the CPU window, the agent is scraped for this long, once per cycle, to read
+/// `sigma_route_fetch_duration_seconds` (outside the window, so the CPU figure is the same
+/// kind as the file source's: probing only).
+const PG_SCRAPE_PHASE: Duration = Duration::from_secs(3);
+
+/// Where the database figures come from: `BENCH_DATABASE_URL` (the agent's URL, a read-only
+/// role) and `BENCH_DATABASE_ADMIN_URL` (a role that may write the three tables: the bench's
+/// rows are inserted and removed through it), set by `scripts/bench.sh` for its throwaway
+/// cluster or by the user for an external database. `BENCH_PG_SKIP` is why the script did not
+/// start one; `BENCH_PG_ORIGIN` says what the database is.
+struct PgSettings {
+    agent_url: String,
+    admin_url: String,
+    hostname: String,
+    origin: String,
+}
+
+impl PgSettings {
+    fn from_env() -> Result<PgSettings, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let Some(agent_url) = var("BENCH_DATABASE_URL") else {
+            return Err(var("BENCH_PG_SKIP").unwrap_or_else(|| "BENCH_DATABASE_URL not set".into()));
+        };
+        let Some(admin_url) = var("BENCH_DATABASE_ADMIN_URL") else {
+            return Err("BENCH_DATABASE_URL is set but BENCH_DATABASE_ADMIN_URL is not (needed to insert the bench's vps, node and routes)".into());
+        };
+        // The agent's URL may carry settings the test client does not know (sslrootcert):
+        // checked when it parses, and the agent resolves no names anyway for an IP literal.
+        if let Ok(config) = agent_url.parse::<postgres::Config>() {
+            check_loopback(&config).map_err(|e| format!("BENCH_DATABASE_URL: {e}"))?;
         }
-        _ => json!({"status": "skipped (set BENCH_DATABASE_URL)"}),
+        Ok(PgSettings {
+            agent_url,
+            admin_url,
+            hostname: var("BENCH_PG_HOSTNAME").unwrap_or_else(|| PG_HOSTNAME_DEFAULT.into()),
+            origin: var("BENCH_PG_ORIGIN")
+                .unwrap_or_else(|| "external database (BENCH_DATABASE_URL)".into()),
+        })
     }
+}
+
+/// The bench's rows in the database: one `vps`, one node, one route per farm listener
+/// (backend 127.0.0.1:port, status active). Deleted again on drop.
+struct PgRows {
+    admin: postgres::Client,
+    hostname: String,
+    server_version: String,
+}
+
+/// The bench sends traffic to loopback only: a database URL must name a loopback IP address
+/// (or a unix socket).
+fn check_loopback(config: &postgres::Config) -> Result<(), String> {
+    for host in config.get_hosts() {
+        if let postgres::config::Host::Tcp(h) = host {
+            let ip: Option<std::net::IpAddr> = h.trim_matches(['[', ']']).parse().ok();
+            if !ip.is_some_and(|ip| ip.is_loopback()) {
+                return Err(format!(
+                    "database host {h:?} is not a loopback address; the bench connects to loopback only"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pg_connect(url: &str) -> Result<postgres::Client, String> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| format!("BENCH_DATABASE_ADMIN_URL: {e}"))?;
+    config.connect_timeout(Duration::from_secs(5));
+    check_loopback(&config)?;
+    config
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot connect with BENCH_DATABASE_ADMIN_URL: {e}"))
+}
+
+fn pg_delete_rows(
+    db: &mut impl postgres::GenericClient,
+    hostname: &str,
+) -> Result<(), postgres::Error> {
+    db.execute(
+        "DELETE FROM envoy_routes WHERE envoy_node_id IN (SELECT n.id FROM envoy_nodes n \
+         JOIN vps v ON v.id = n.vps_id WHERE v.hostname = $1)",
+        &[&hostname],
+    )?;
+    db.execute(
+        "DELETE FROM envoy_nodes WHERE vps_id IN (SELECT id FROM vps WHERE hostname = $1)",
+        &[&hostname],
+    )?;
+    db.execute("DELETE FROM vps WHERE hostname = $1", &[&hostname])?;
+    Ok(())
+}
+
+impl PgRows {
+    fn insert(pg: &PgSettings, ports: &[u16]) -> Result<PgRows, String> {
+        let mut admin = pg_connect(&pg.admin_url)?;
+        let server_version: String = admin
+            .query_one("SHOW server_version", &[])
+            .map(|r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        let ports: Vec<i32> = ports.iter().map(|&p| i32::from(p)).collect();
+        let mut tx = admin.transaction().map_err(|e| e.to_string())?;
+        pg_delete_rows(&mut tx, &pg.hostname)
+            .map_err(|e| format!("removing old bench rows: {e}"))?;
+        let vps: String = tx
+            .query_one(
+                "INSERT INTO vps (id, hostname, status, ip_addresses, extra) \
+                 VALUES (gen_random_uuid(), $1, 'active', ARRAY['127.0.0.1'::inet], '{}') RETURNING id::text",
+                &[&pg.hostname],
+            )
+            .map_err(|e| format!("inserting the vps row: {e}"))?
+            .get(0);
+        let node: String = tx
+            .query_one(
+                "INSERT INTO envoy_nodes (id, vps_id, node_id, admin_port, description, config_version, status) \
+                 VALUES (gen_random_uuid(), $1::text::uuid, $2, 9901, 'sigma-agent-lite bench', 1, 'active') RETURNING id::text",
+                &[&vps, &PG_NODE],
+            )
+            .map_err(|e| format!("inserting the node row: {e}"))?
+            .get(0);
+        // The same routes as the file source's: tcp-proxy-NNNNN, listen port i + 1.
+        let inserted = tx
+            .execute(
+                "INSERT INTO envoy_routes (id, envoy_node_id, name, listen_port, backend_host, backend_port, \
+                   cluster_type, connect_timeout_secs, proxy_protocol, status, source) \
+                 SELECT gen_random_uuid(), $1::text::uuid, 'tcp-proxy-' || lpad((i - 1)::text, 5, '0'), i, \
+                   '127.0.0.1', ($2::int4[])[i], 'static', 5, 0, 'active', 'dynamic' \
+                 FROM generate_series(1, cardinality($2::int4[])) AS i",
+                &[&node, &ports],
+            )
+            .map_err(|e| format!("inserting the routes: {e}"))?;
+        tx.commit().map_err(|e| e.to_string())?;
+        if inserted != ports.len() as u64 {
+            return Err(format!(
+                "inserted {inserted} routes, expected {}",
+                ports.len()
+            ));
+        }
+        Ok(PgRows {
+            admin,
+            hostname: pg.hostname.clone(),
+            server_version,
+        })
+    }
+}
+
+impl Drop for PgRows {
+    fn drop(&mut self) {
+        if let Err(e) = pg_delete_rows(&mut self.admin, &self.hostname) {
+            eprintln!(
+                "warning: could not remove the bench's rows ({}): {e}",
+                self.hostname
+            );
+        }
+    }
+}
+
+/// One round of the agent with the PostgreSQL source.
+#[derive(Clone, Default)]
+struct PgRound {
+    window: Window,
+    /// `sigma_route_fetch_duration_seconds`, one per cycle seen in the scrape phase.
+    fetch_s: Vec<f64>,
+    /// Footprint after the scrape phase: probing and scraped.
+    scraped: Footprint,
+    source_errors: f64,
+}
+
+fn pg_agent_command(agent: &Path, pg: &PgSettings, interval: &str, port: u16) -> Command {
+    let mut cmd = Command::new(agent);
+    cmd.args(["--health-probe", "--health-probe-interval", interval])
+        .args(["--database-url", &pg.agent_url])
+        .args(["--hostname", &pg.hostname])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .env_remove("PGPASSWORD")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// The agent with `--database-url` over the farm: one CPU window (probing only, as the file
+/// source's), then [`PG_SCRAPE_PHASE`] of scrapes once per cycle for the fetch duration.
+fn pg_round(s: &Settings, pg: &PgSettings, farm: &Farm) -> Result<PgRound, String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = s.work.join("agent-pg.log");
+    let mut child = Running(spawn(&mut pg_agent_command(&s.agent, pg, "1", port), &log)?);
+    let window = measure(
+        farm,
+        child.pid(),
+        s.window,
+        "agent (PostgreSQL source)",
+        None,
+    )
+    .map_err(|e| format!("{e} (see {})", log.display()))?;
+    if child.exited() {
+        return Err(format!("the agent exited (see {})", log.display()));
+    }
+    let mut client = wait_http_ok(addr, "/healthz", READY_TIMEOUT)?;
+    let mut fetch_s = Vec::new();
+    let mut last_cycle = -1.0;
+    let mut source_errors;
+    let until = Instant::now() + PG_SCRAPE_PHASE;
+    loop {
+        let (status, body) = client.get("/metrics").map_err(|e| format!("scrape: {e}"))?;
+        if status != 200 {
+            return Err(format!("scrape: status {status}"));
+        }
+        let get = |name: &str| sample(body, name);
+        if get("sigma_route_source_up") != Some(1.0) || get("sigma_vps_registered") != Some(1.0) {
+            return Err(format!(
+                "the database source is not up or the VPS not registered (see {})",
+                log.display()
+            ));
+        }
+        if get("sigma_routes") != Some(farm.ports.len() as f64) {
+            return Err(format!(
+                "the agent knows {:?} routes, expected {}",
+                get("sigma_routes"),
+                farm.ports.len()
+            ));
+        }
+        source_errors = get("sigma_route_source_errors_total").unwrap_or(0.0);
+        let cycle = get("sigma_probe_cycles_total").unwrap_or(0.0);
+        if cycle != last_cycle {
+            last_cycle = cycle;
+            if let Some(f) = get("sigma_route_fetch_duration_seconds") {
+                fetch_s.push(f);
+            }
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(INTERVAL.min(until.saturating_duration_since(Instant::now())));
+    }
+    Ok(PgRound {
+        window,
+        fetch_s,
+        scraped: footprint(child.pid()),
+        source_errors,
+    })
+}
+
+/// What the PostgreSQL part found (or why it did not run).
+enum PgOutcome {
+    Skipped(String),
+    Failed {
+        origin: String,
+        error: String,
+        rounds: Vec<PgRound>,
+    },
+    Measured {
+        origin: String,
+        hostname: String,
+        server_version: String,
+        rounds: Vec<PgRound>,
+    },
+}
+
+/// The PostgreSQL section of the report: a table file source vs PostgreSQL source (same
+/// rounds, same targets), its JSON, and its targets.
+fn pg_report(
+    s: &Settings,
+    file: &[Window],
+    pg: &PgOutcome,
+) -> (Value, Vec<(String, String, Option<bool>)>) {
+    let rss_name = format!("peak RSS, {} routes, PostgreSQL source ≤ 4 MiB", s.routes);
+    let threads_name = "threads with the PostgreSQL source: 1".to_owned();
+    let (origin, rounds, error, extra) = match pg {
+        PgOutcome::Skipped(why) => {
+            println!();
+            println!("== PostgreSQL source: skipped ({why}) ==");
+            return (
+                json!({"status": "skipped", "reason": why}),
+                vec![
+                    (rss_name, format!("not measured: {why}"), None),
+                    (threads_name, "not measured".into(), None),
+                ],
+            );
+        }
+        PgOutcome::Failed {
+            origin,
+            error,
+            rounds,
+        } => (origin, rounds, Some(error), json!({})),
+        PgOutcome::Measured {
+            origin,
+            hostname,
+            server_version,
+            rounds,
+        } => (
+            origin,
+            rounds,
+            None,
+            json!({"hostname": hostname, "node": PG_NODE, "server_version": server_version}),
+        ),
+    };
+    let windows: Vec<Window> = rounds.iter().map(|r| r.window).collect();
+    let fetch_ms: Vec<f64> = rounds
+        .iter()
+        .flat_map(|r| r.fetch_s.iter().map(|x| x * 1e3))
+        .collect();
+    let fetch_med = median(&fetch_ms);
+    let fetch_max = fetch_ms.iter().copied().fold(f64::NAN, f64::max);
+    let scraped_peak = rounds
+        .iter()
+        .map(|r| r.scraped.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let threads = rounds
+        .iter()
+        .flat_map(|r| [r.window.foot.threads, r.scraped.threads])
+        .max();
+    let (f, p) = (prober_json(file), prober_json(&windows));
+    let (cpu_ratio, cpu_ratio_runs) = ratios(&windows, file);
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let peak = num(&p, "peak_rss_kib");
+    let peak_max = num(&p, "peak_rss_kib_max");
+
+    println!();
+    println!(
+        "== PostgreSQL source: the same {} targets, routes read each cycle from {}; {} of {} rounds ==",
+        s.routes,
+        origin,
+        rounds.len(),
+        s.rounds
+    );
+    if let Some(e) = error {
+        println!("FAILED: {e}");
+    }
+    if !rounds.is_empty() {
+        let two = |x: f64| format!("{x:.2}");
+        let mib = |x: f64| format!("{:.2}", x / 1024.0);
+        println!(
+            "{:<34} {:>10} {:>12} {:>10}",
+            "", "file", "PostgreSQL", "pg/file"
+        );
+        println!(
+            "{:<34} {:>10} {:>12} {:>10}",
+            "CPU per probe (µs)",
+            two(num(&f, "cpu_us_per_probe")),
+            two(num(&p, "cpu_us_per_probe")),
+            two(cpu_ratio)
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "  user space, pooled (µs)",
+            two(num(&f, "user_us_per_probe")),
+            two(num(&p, "user_us_per_probe"))
+        );
+        println!(
+            "{:<34} {:>10} {:>12} {:>10}",
+            "peak RSS (MiB, VmHWM)",
+            mib(num(&f, "peak_rss_kib")),
+            mib(peak),
+            two(peak / num(&f, "peak_rss_kib"))
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "  probing + scraped, max (MiB)",
+            "",
+            mib(scraped_peak as f64)
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "RSS (MiB, VmRSS)",
+            mib(num(&f, "rss_kib")),
+            mib(num(&p, "rss_kib"))
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "  anonymous (heap, stacks)",
+            mib(num(&f, "rss_anon_kib")),
+            mib(num(&p, "rss_anon_kib"))
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "  file-backed (code, libraries)",
+            mib(num(&f, "rss_file_kib")),
+            mib(num(&p, "rss_file_kib"))
+        );
+        let int = |v: &Value, k: &str| v[k].as_u64().map_or("n/a".into(), |x| x.to_string());
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "threads",
+            int(&f, "threads"),
+            threads.map_or("n/a".into(), |t| t.to_string())
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "open fds",
+            int(&f, "open_fds"),
+            int(&p, "open_fds")
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
+            "route fetch (ms), median / max",
+            "",
+            format!("{fetch_med:.2} / {fetch_max:.2}")
+        );
+        println!(
+            "(route fetch: sigma_route_fetch_duration_seconds of {} cycles, scraped once per cycle for {:?} after each window; the database server's own CPU is not counted)",
+            fetch_ms.len(),
+            PG_SCRAPE_PHASE
+        );
+        println!(
+            "per-round ratios pg/file CPU: {:?}",
+            cpu_ratio_runs
+                .iter()
+                .map(|x| (x * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    let measured = !rounds.is_empty() && error.is_none();
+    let targets = vec![
+        (
+            rss_name,
+            if measured {
+                format!(
+                    "{:.2} MiB probing (max {:.2}); {:.2} MiB probing + scraped",
+                    peak / 1024.0,
+                    peak_max / 1024.0,
+                    scraped_peak as f64 / 1024.0
+                )
+            } else {
+                format!("failed: {}", error.map_or("no rounds", |e| e.as_str()))
+            },
+            Some(measured && peak_max <= 4.0 * 1024.0 && scraped_peak <= 4 * 1024),
+        ),
+        (
+            threads_name,
+            threads.map_or("not measured".into(), |t| t.to_string()),
+            Some(measured && threads == Some(1)),
+        ),
+    ];
+    let mut out = json!({
+        "status": if measured { "measured" } else { "failed" },
+        "error": error,
+        "database": origin,
+        "routes": s.routes,
+        "agent": p,
+        "agent_over_file_cpu": cpu_ratio,
+        "agent_over_file_cpu_runs": cpu_ratio_runs,
+        "agent_over_file_peak_rss": peak / num(&f, "peak_rss_kib"),
+        "peak_rss_scraped_kib_max": scraped_peak,
+        "threads": threads,
+        "route_fetch_duration_ms": {
+            "median": fetch_med,
+            "max": fetch_max,
+            "samples": fetch_ms,
+            "source": "sigma_route_fetch_duration_seconds, one scrape per cycle after each CPU window",
+        },
+        "source_errors_total": rounds.iter().map(|r| r.source_errors).collect::<Vec<_>>(),
+    });
+    if let (Value::Object(o), Value::Object(e)) = (&mut out, extra) {
+        o.extend(e);
+    }
+    (out, targets)
 }
 
 fn main() {
@@ -691,6 +1157,28 @@ fn run() -> Result<(), String> {
         "modules:\n  tcp_connect:\n    prober: tcp\n    timeout: 3s\n    tcp:\n      preferred_ip_protocol: ip4\n      ip_protocol_fallback: false\n",
     )
     .map_err(|e| e.to_string())?;
+    // The PostgreSQL source: the bench's rows in the database, then a run per round.
+    let pg = PgSettings::from_env();
+    let (mut pg_rows, mut pg_error, mut pg_w) = (None, None, Vec::new());
+    match &pg {
+        Ok(settings) => match PgRows::insert(settings, &farm.ports) {
+            Ok(rows) => {
+                println!(
+                    "PostgreSQL source: {} (PostgreSQL {}), vps '{}' with {} routes",
+                    settings.origin,
+                    rows.server_version,
+                    settings.hostname,
+                    farm.ports.len()
+                );
+                pg_rows = Some(rows);
+            }
+            Err(e) => {
+                println!("PostgreSQL source: cannot set up the rows: {e}");
+                pg_error = Some(e);
+            }
+        },
+        Err(why) => println!("PostgreSQL source: skipped ({why})"),
+    }
     for round in 1..=s.rounds {
         let port = free_port().map_err(|e| e.to_string())?;
         let a = {
@@ -706,6 +1194,26 @@ fn run() -> Result<(), String> {
             a.user_s
         );
         agent_w.push(a);
+
+        if let (Ok(settings), Some(_), None) = (&pg, &pg_rows, &pg_error) {
+            match pg_round(&s, settings, &farm) {
+                Ok(r) => {
+                    println!(
+                        "round {round}: agent-pg {:>7.2} µs/probe ({} probes, {:.2} s CPU, {:.2} s of it user; route fetch {:.2?} ms)",
+                        r.window.us_per_probe(),
+                        r.window.probes,
+                        r.window.cpu_s,
+                        r.window.user_s,
+                        r.fetch_s.iter().map(|x| (x * 1e5).round() / 100.0).collect::<Vec<_>>()
+                    );
+                    pg_w.push(r);
+                }
+                Err(e) => {
+                    println!("round {round}: agent-pg failed: {e}");
+                    pg_error = Some(e);
+                }
+            }
+        }
 
         let f = {
             let mut cmd = Command::new(&s.floor);
@@ -746,10 +1254,36 @@ fn run() -> Result<(), String> {
         }
     }
 
+    let pg_outcome = match (pg, pg_rows.take(), pg_error) {
+        (Err(why), _, _) => PgOutcome::Skipped(why),
+        (Ok(settings), _, Some(error)) => PgOutcome::Failed {
+            origin: settings.origin,
+            error,
+            rounds: pg_w,
+        },
+        (Ok(settings), Some(rows), None) => PgOutcome::Measured {
+            origin: settings.origin,
+            hostname: settings.hostname,
+            server_version: rows.server_version.clone(),
+            rounds: pg_w,
+        },
+        (Ok(_), None, None) => PgOutcome::Skipped("no rows".into()),
+    };
+    // (rows, if any, were dropped above: the bench's vps, node and routes are deleted)
+
     let scrape = scrape_latency(&s, &farm, &hole)?;
     let starts = exec_to_first_200(&s, &routes_file)?;
     let leak = cycles_10_vs_100(&s, &farm)?;
-    report(&s, &agent_w, &floor_w, &bb_w, scrape, &starts, leak)
+    report(
+        &s,
+        &agent_w,
+        &floor_w,
+        &bb_w,
+        scrape,
+        &starts,
+        leak,
+        &pg_outcome,
+    )
 }
 
 fn raise_fd_limit(want: u64) {
@@ -1021,6 +1555,9 @@ fn prober_json(w: &[Window]) -> Value {
         "window_s": median(&w.iter().map(|x| x.wall_s).collect::<Vec<_>>()),
         "peak_rss_kib": median(&peaks),
         "peak_rss_kib_max": peaks.iter().copied().fold(0.0, f64::max),
+        "rss_kib": median(&w.iter().map(|x| x.foot.rss_kib as f64).collect::<Vec<_>>()),
+        "rss_anon_kib": median(&w.iter().map(|x| x.foot.rss_anon_kib as f64).collect::<Vec<_>>()),
+        "rss_file_kib": median(&w.iter().map(|x| x.foot.rss_file_kib as f64).collect::<Vec<_>>()),
         "threads": w.last().map(|x| x.foot.threads),
         "open_fds": w.last().map(|x| x.foot.fds),
         "driver_cpu_us_per_probe": if w.iter().all(|x| x.driver_cpu_s == 0.0) {
@@ -1041,6 +1578,7 @@ fn ratios(a: &[Window], b: &[Window]) -> (f64, Vec<f64>) {
     (median(&r), r)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     s: &Settings,
     agent: &[Window],
@@ -1049,6 +1587,7 @@ fn report(
     scrape: Scrape,
     starts: &[f64],
     leak: Leak,
+    pg: &PgOutcome,
 ) -> Result<(), String> {
     let micro: Value = std::env::var("BENCH_MICRO_JSON")
         .ok()
@@ -1190,6 +1729,8 @@ fn report(
         leak.at100.threads
     );
 
+    let (pg_json, pg_targets) = pg_report(s, agent, pg);
+
     // Targets.
     let render_1k_ms = micro["render_1000"]["median_ns"].as_f64().map(|n| n / 1e6);
     let agent_threads = agent.last().map_or(0, |w| w.foot.threads);
@@ -1241,11 +1782,7 @@ fn report(
             Some(agent_threads == 1 && scrape.threads == 1),
         ),
     ];
-    targets.push((
-        "peak RSS, PostgreSQL source ≤ 4 MiB".into(),
-        "not measured (BENCH_DATABASE_URL; separate work)".into(),
-        None,
-    ));
+    targets.extend(pg_targets);
     println!();
     println!("== targets ==");
     for (name, value, pass) in &targets {
@@ -1292,7 +1829,7 @@ fn report(
             },
             "threads": agent_threads,
         },
-        "postgres": postgres_hook(),
+        "postgres": pg_json,
         "targets": targets.iter().map(|(n, v, p)| json!({"target": n, "value": v, "pass": p})).collect::<Vec<_>>(),
     });
     let path = std::env::var("BENCH_JSON")

@@ -3,21 +3,36 @@
 # (the floor: what the kernel alone costs per connect) and Prometheus' blackbox_exporter.
 #
 #   1. micro-benchmarks of the pure parts (benches/micro.rs): /metrics render for 1,000 and
-#      10,000 routes, HTTP request-head parse, routes-file parse
+#      10,000 routes, HTTP request-head parse, routes-file parse, /proc/self read,
+#      and the MCP tools/call handler
 #   2. the whole agent, release build, against N loopback listeners (examples/benchkit.rs):
-#      CPU per probe, peak RSS, threads, fds for agent / floor / blackbox in the same rounds;
-#      then the agent alone: scrape latency while a probe is pending, exec -> first 200 on
-#      /healthz, RSS and fds after 100 cycles vs after 10
+#      CPU per probe, peak RSS, threads, fds for agent / floor / blackbox in the same rounds,
+#      and in the same rounds the agent with the PostgreSQL source (routes read each cycle
+#      from a throwaway cluster this script starts, see below); then the agent alone: scrape
+#      latency while a probe is pending, exec -> first 200 on /healthz, RSS and fds after 100
+#      cycles vs after 10
 #   3. a table with PASS/FAIL per target, and every figure as JSON in target/bench.json
 #
-# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~3-4 minutes
+# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~3.5-4 minutes
 # (plus the first build). Not part of `make test`.
 #
-# Needs: Rust; Debian package `prometheus-blackbox-exporter` for the blackbox column (without
-# it the agent and floor parts still run, and the script says so).
+# The PostgreSQL source: like tests/common/pg.rs, initdb + pg_ctl from the newest
+# /usr/lib/postgresql/*/bin (or $PG_BIN) in a temp dir, as the `postgres` OS user when run
+# as root, listening on 127.0.0.1 and a unix socket in the temp dir only; the schema of
+# tests/fixtures/schema.sql, the owner role sigma_owner and the read-only agent role
+# sigma_agent (SELECT on the three tables) with random passwords. benchkit inserts the vps,
+# node and routes (through sigma_owner) and runs the agent as sigma_agent. The cluster is
+# stopped and removed at the end, also on failure or Ctrl-C.
+#
+# Needs: Rust; Debian package `prometheus-blackbox-exporter` for the blackbox column and
+# `postgresql` for the PostgreSQL-source figures (without them the rest still runs, and the
+# script says so).
 # Settings (environment): BENCH_ROUTES (1000), BENCH_WINDOW seconds per prober and round (8),
-# BENCH_ROUNDS (5), BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_DATABASE_URL
-# (reserved for the PostgreSQL-source figure; not built yet).
+# BENCH_ROUNDS (5), BENCH_STRICT=1 (exit 1 when a target is missed), PG_BIN (PostgreSQL
+# server binaries), BENCH_DATABASE_URL + BENCH_DATABASE_ADMIN_URL to use an existing
+# database on loopback instead of a throwaway cluster (the agent's read-only URL, and a role
+# that may write the three tables: the bench's rows, vps hostname BENCH_PG_HOSTNAME
+# (sigma-agent-lite-bench), are replaced at the start and deleted at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +74,102 @@ $CARGO build --release --quiet --example benchkit --example floor
 echo
 echo "== micro-benchmarks (benches/micro.rs) =="
 $CARGO bench --quiet --bench micro
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway PostgreSQL cluster for the PostgreSQL-source figures (see the top).
+PG_DIR=
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+pg_cleanup() {
+    if [[ -n $PG_DIR ]]; then
+        as_pg "$PG_BIN/pg_ctl" stop -w -t 30 -m immediate -D "$PG_DIR/data" >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+        echo "PostgreSQL: throwaway cluster stopped and removed"
+        PG_DIR=
+    fi
+}
+trap pg_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts the cluster; on failure says why (pg_skip) and returns 1.
+pg_skip() {
+    echo "SKIP  PostgreSQL source: $1"
+    export BENCH_PG_SKIP="$1"
+}
+pg_start() {
+    PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+    if [[ -z $PG_BIN || ! -x $PG_BIN/initdb || ! -x $PG_BIN/pg_ctl || ! -x $PG_BIN/psql ]]; then
+        pg_skip "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (or \$PG_BIN); install them with: apt-get update && apt-get install -y postgresql"
+        return 1
+    fi
+    if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+        pg_skip "running as root but there is no 'postgres' OS user to run the server as (apt-get install -y postgresql creates it)"
+        return 1
+    fi
+    PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sigma-bench-pg.XXXXXX") || return 1
+    mkdir "$PG_DIR/sock" || return 1
+    if [[ $(id -u) -eq 0 ]]; then
+        chown -R postgres:postgres "$PG_DIR" || return 1
+    fi
+    local log=$PG_DIR/setup.log
+    if ! as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 --no-sync --no-instructions -E UTF8 --locale=C >"$log" 2>&1; then
+        pg_skip "initdb failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+        return 1
+    fi
+    # A free loopback port: a few random tries (nothing may answer on it yet).
+    local port tries=0
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        tries=$((tries + 1))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+            as_pg "$PG_BIN/pg_ctl" start -w -t 30 -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" \
+                -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$PG_DIR/sock \
+                    -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                    -c shared_buffers=16MB -c max_connections=20 -c log_min_messages=warning" \
+                >>"$log" 2>&1; then
+            break
+        fi
+        if [[ $tries -ge 5 ]]; then
+            pg_skip "the server did not start: $(tail -n 3 "$PG_DIR/postgres.log" 2>/dev/null | tr '\n' ' ')"
+            return 1
+        fi
+    done
+    # Random passwords (hex: no escaping in URLs or SQL).
+    local owner_pw agent_pw
+    owner_pw=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+    agent_pw=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+    local psql=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR/sock" -p "$port" -U postgres)
+    if ! as_pg "${psql[@]}" -d postgres \
+        -c "CREATE ROLE sigma_owner LOGIN PASSWORD '$owner_pw'" \
+        -c "CREATE ROLE sigma_agent LOGIN PASSWORD '$agent_pw'" \
+        -c "CREATE DATABASE sigma OWNER sigma_owner" >>"$log" 2>&1 ||
+        ! as_pg "${psql[@]}" -d sigma -c "SET ROLE sigma_owner" -f - \
+            -c "GRANT SELECT ON vps, envoy_nodes, envoy_routes TO sigma_agent" \
+            <tests/fixtures/schema.sql >>"$log" 2>&1; then
+        pg_skip "setting up roles and schema failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+        return 1
+    fi
+    export BENCH_DATABASE_URL="postgres://sigma_agent:$agent_pw@127.0.0.1:$port/sigma"
+    export BENCH_DATABASE_ADMIN_URL="postgres://sigma_owner:$owner_pw@127.0.0.1:$port/sigma"
+    export BENCH_PG_ORIGIN="a throwaway cluster on 127.0.0.1:$port"
+    echo "PostgreSQL: throwaway cluster ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$port in $PG_DIR"
+}
+
+echo
+echo "== PostgreSQL source =="
+if [[ -n ${BENCH_DATABASE_URL:-} ]]; then
+    echo "PostgreSQL: using BENCH_DATABASE_URL (and BENCH_DATABASE_ADMIN_URL for the bench's rows)"
+    export BENCH_PG_ORIGIN=${BENCH_PG_ORIGIN:-"the database of BENCH_DATABASE_URL"}
+elif ! pg_start; then
+    pg_cleanup
+fi
 
 echo
 echo "== whole agent (examples/benchkit.rs), loopback only =="
