@@ -106,8 +106,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Binds the listeners and prepares everything; `routes` is the initial route set (already
-    /// read and validated by the caller, so a bad file fails before anything is bound).
+    /// Binds the listeners and prepares everything. `snapshot` holds the initial route set,
+    /// already read and validated by the caller, so a bad file fails before anything is bound.
     pub fn new(
         config: &Config,
         source: RouteSource,
