@@ -58,3 +58,47 @@ fn every_metric_named_by_rules_and_dashboard_is_exported() {
         "named by the rules or dashboard but not exported: {missing:?}"
     );
 }
+
+#[test]
+fn promtool_check_metrics_finds_nothing_but_the_seeds_ms_name() {
+    use std::io::Write;
+    let open = accepting();
+    let port = open.local_addr().unwrap().port();
+    let routes = write_routes(
+        "ops-promtool",
+        &[
+            format!("n1 up 10001 127.0.0.1:{port}"),
+            format!("n1 down 10002 127.0.0.1:{}", closed_port()),
+        ],
+    );
+    let agent = Agent::start(&[
+        "--health-probe",
+        "--health-probe-interval",
+        "200ms",
+        "--routes-file",
+        routes.path(),
+    ]);
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        m.contains("sigma_probe_cycles_total 1")
+    });
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let complaints: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        complaints,
+        vec!["sigma_backend_probe_latency_ms metric names should not contain abbreviated units"],
+        "promtool check metrics:\n{text}"
+    );
+}
