@@ -32,7 +32,8 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a request head has started, it must be complete within this (slowloris bound).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// A response that makes no progress for this long is abandoned (a peer that stopped reading).
+/// A response that makes no progress for this long is abandoned (a peer that stopped reading);
+/// every write that makes progress restarts it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Response buffers above this are freed after use, so one big scrape doesn't pin memory in
 /// every keep-alive connection.
@@ -325,7 +326,13 @@ impl Conn {
     ) -> Status {
         loop {
             if self.out_pos < self.out.len() {
-                match self.flush() {
+                let before = self.out_pos;
+                let flushed = self.flush();
+                if self.out_pos > before {
+                    // A slow reader that keeps reading is not stalled.
+                    self.deadline = now + WRITE_TIMEOUT;
+                }
+                match flushed {
                     Ok(true) => {}
                     Ok(false) => return Status::Continue,
                     Err(e) => {
