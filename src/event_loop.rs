@@ -348,10 +348,22 @@ impl Agent {
                 }
             };
         }
+        // What other HTTP connections still have to write bounds a new /metrics response.
+        let in_flight: usize = match self.entries.get(&token) {
+            Some(Entry::Http(_)) => self
+                .entries
+                .values()
+                .map(|e| match e {
+                    Entry::Http(c) => c.pending(),
+                    Entry::Mcp(_) => 0,
+                })
+                .sum(),
+            _ => 0,
+        };
         let close = match self.entries.get_mut(&token) {
             None => false, // stale or spurious: ignore
             Some(Entry::Http(conn)) => {
-                conn.drive(now, &snap, &ProcessStats::read) == http::Status::Close
+                conn.drive(now, &snap, &ProcessStats::read, in_flight) == http::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;

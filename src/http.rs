@@ -35,6 +35,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A response that makes no progress for this long is abandoned (a peer that stopped reading);
 /// every write that makes progress restarts it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of responses being written, all connections together, past which a new /metrics
+/// scrape gets 503 instead of another rendered copy: a scrape of 10,000 routes is 2.5 MiB, so
+/// 256 slow readers could otherwise hold 640 MiB on a 512 MiB host. 8 MiB lets ~30 scrapes of
+/// 1,000 routes (or 3 of 10,000) be in flight at once; the unit's `MemoryMax` is 32 MiB.
+pub const MAX_RESPONSE_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
 /// Response buffers above this are freed after use, so one big scrape doesn't pin memory in
 /// every keep-alive connection.
 const KEEP_BUFFER_BYTES: usize = 64 * 1024;
@@ -215,10 +220,12 @@ fn finish_response(
 }
 
 /// Builds the response to `req` into `out` (cleared first); returns where it starts.
+/// `in_flight` is what other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
 pub fn respond(
     req: &Request<'_>,
     snap: &Snapshot,
     process: impl FnOnce() -> ProcessStats,
+    in_flight: usize,
     out: &mut Vec<u8>,
 ) -> usize {
     out.clear();
@@ -227,6 +234,10 @@ pub fn respond(
     let known = matches!(req.path, "/metrics" | "/healthz" | "/");
     let (status, content_type, extra) = match (req.method, req.path) {
         (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
+        (_, "/metrics") if in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT => {
+            log::warn!("http: {in_flight} bytes of responses still being written, answering 503");
+            (503, "text/plain; charset=utf-8", "Retry-After: 1\r\n")
+        }
         (_, "/metrics") => {
             metrics::render(snap, &process(), out);
             (200, metrics::CONTENT_TYPE, "")
@@ -310,6 +321,11 @@ impl Conn {
         }
     }
 
+    /// Bytes of the response not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     /// May be evicted to make room: it has never had a request answered and is not
     /// answering one now.
     pub fn evictable(&self) -> bool {
@@ -323,6 +339,7 @@ impl Conn {
         now: Instant,
         snap: &Snapshot,
         process: &dyn Fn() -> ProcessStats,
+        in_flight: usize,
     ) -> Status {
         loop {
             if self.out_pos < self.out.len() {
@@ -354,7 +371,7 @@ impl Conn {
             match parse_head(&self.inbuf) {
                 Parse::Complete(req, len) => {
                     self.close_after_write = req.close;
-                    self.out_pos = respond(&req, snap, process, &mut self.out);
+                    self.out_pos = respond(&req, snap, process, in_flight, &mut self.out);
                     self.inbuf.drain(..len);
                     self.deadline = now + WRITE_TIMEOUT;
                     continue;
@@ -520,7 +537,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(req, &snap, ProcessStats::default, &mut out);
+        let start = respond(req, &snap, ProcessStats::default, 0, &mut out);
         String::from_utf8(out[start..].to_vec()).unwrap()
     }
 
@@ -567,6 +584,32 @@ mod tests {
             .unwrap();
         let full = response(&get("/metrics"));
         assert_eq!(full.len() - full.find("\r\n\r\n").unwrap() - 4, len);
+        // Too much already being written elsewhere: a scrape is refused, /healthz still served.
+        let snap = Snapshot::new(
+            false,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let mut out = Vec::new();
+        let busy = MAX_RESPONSE_BYTES_IN_FLIGHT + 1;
+        let start = respond(
+            &get("/metrics"),
+            &snap,
+            ProcessStats::default,
+            busy,
+            &mut out,
+        );
+        assert!(out[start..].starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(String::from_utf8_lossy(&out[start..]).contains("Retry-After: 1\r\n"));
+        let start = respond(
+            &get("/healthz"),
+            &snap,
+            ProcessStats::default,
+            busy,
+            &mut out,
+        );
+        assert!(out[start..].starts_with(b"HTTP/1.1 200 OK\r\n"));
+
         let mut out = Vec::new();
         let start = respond_error(431, &mut out);
         assert_eq!(
