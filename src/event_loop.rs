@@ -329,6 +329,8 @@ impl Agent {
     fn drive(&mut self, token: Token, now: Instant) -> Flow {
         let snap = self.snapshot.borrow();
         if token == STDIN || token == STDOUT {
+            // What the other peers still have to write bounds a new tools/call answer.
+            let in_flight = self.pending(Kind::Mcp);
             let Some(stdio) = &mut self.stdio else {
                 return Flow::Go;
             };
@@ -336,7 +338,10 @@ impl Agent {
                 stdin: &mut stdio.stdin,
                 stdout: &mut stdio.stdout,
             };
-            return match stdio.peer.drive(&mut io, &snap, SystemTime::now()) {
+            return match stdio
+                .peer
+                .drive(&mut io, &snap, SystemTime::now(), in_flight)
+            {
                 mcp_peer::Status::Continue => Flow::Go,
                 mcp_peer::Status::Yield => {
                     self.again.push(STDIN);
@@ -348,26 +353,20 @@ impl Agent {
                 }
             };
         }
-        // What other HTTP connections still have to write bounds a new /metrics response.
-        let in_flight: usize = match self.entries.get(&token) {
-            Some(Entry::Http(_)) => self
-                .entries
-                .values()
-                .map(|e| match e {
-                    Entry::Http(c) => c.pending(),
-                    Entry::Mcp(_) => 0,
-                })
-                .sum(),
-            _ => 0,
+        let in_flight = match self.entries.get(&token) {
+            None => return Flow::Go, // stale or spurious: ignore
+            Some(Entry::Http(_)) => self.pending(Kind::Http),
+            Some(Entry::Mcp(_)) => self.pending(Kind::Mcp),
         };
         let close = match self.entries.get_mut(&token) {
-            None => false, // stale or spurious: ignore
+            None => false,
             Some(Entry::Http(conn)) => {
                 conn.drive(now, &snap, &ProcessStats::read, in_flight) == http::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;
-                match conn.peer.drive(&mut conn.stream, &snap, SystemTime::now()) {
+                let wall = SystemTime::now();
+                match conn.peer.drive(&mut conn.stream, &snap, wall, in_flight) {
                     mcp_peer::Status::Continue => false,
                     mcp_peer::Status::Yield => {
                         self.again.push(token);
@@ -382,6 +381,25 @@ impl Agent {
             self.close(token);
         }
         Flow::Go
+    }
+
+    /// Bytes of answers still to be written by one kind of peer (stdio counts as MCP): what
+    /// bounds building another large answer (`MAX_RESPONSE_BYTES_IN_FLIGHT`,
+    /// `MAX_ANSWER_BYTES_IN_FLIGHT`).
+    fn pending(&self, kind: Kind) -> usize {
+        let conns: usize = self
+            .entries
+            .values()
+            .map(|e| match (kind, e) {
+                (Kind::Http, Entry::Http(c)) => c.pending(),
+                (Kind::Mcp, Entry::Mcp(c)) => c.peer.pending(),
+                _ => 0,
+            })
+            .sum();
+        match kind {
+            Kind::Http => conns,
+            Kind::Mcp => conns + self.stdio.as_ref().map_or(0, |s| s.peer.pending()),
+        }
     }
 
     /// Accepts every pending connection of one listener.

@@ -272,6 +272,28 @@ pub fn too_long_response(out: &mut Vec<u8>) {
     write_error(out, None, PARSE_ERROR, &message, None);
 }
 
+/// JSON-RPC's implementation-defined server error, for a `tools/call` refused while the agent
+/// is busy writing other answers (see `mcp_peer::MAX_ANSWER_BYTES_IN_FLIGHT`).
+pub const SERVER_BUSY: i64 = -32000;
+
+/// When answers to other clients are past their budget: a `tools/call` request (the one method
+/// whose answer grows with the routes) gets a `SERVER_BUSY` error saying to retry, and `true`;
+/// any other line gets `false` and is answered as usual (its answer is small).
+pub fn busy_response(line: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(msg) = json::parse(line) else {
+        return false;
+    };
+    if msg.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return false;
+    }
+    let Some(id @ (Value::String(_) | Value::Number(_))) = msg.get("id") else {
+        return false;
+    };
+    let m = "Server busy: answers to other clients are still being written; retry in a second";
+    write_error(out, Some(id), SERVER_BUSY, m, None);
+    true
+}
+
 /// The era a request is served in, decided from the request alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Era {

@@ -18,6 +18,10 @@ use crate::stdio::{StdIn, StdOut};
 pub const READ_CHUNK: usize = 4096;
 /// Answer buffers above this are freed once written (a 10,000-route answer is megabytes).
 const KEEP_OUTPUT_BYTES: usize = 64 * 1024;
+/// Bytes of answers being written to all MCP peers together past which a `tools/call` is
+/// refused with a busy error instead of rendered: the answer for 10,000 routes is ~6 MiB, and
+/// 64 clients each holding one unread would be 400 MiB on a 512 MiB host.
+pub const MAX_ANSWER_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
 /// Lines answered per `drive` call before yielding to the rest of the loop, so one busy
 /// client (or a large file on stdin) can't hold up probes and scrapes.
 pub const LINES_PER_TURN: usize = 32;
@@ -77,13 +81,26 @@ impl Peer {
         Peer::default()
     }
 
+    /// Bytes of the answer not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     /// Nothing waits to be written: reading more is allowed.
     pub fn idle_output(&self) -> bool {
         self.out_pos >= self.out.len()
     }
 
-    /// Reads, answers and writes until the peer would block or is done.
-    pub fn drive(&mut self, io: &mut impl PeerIo, snap: &Snapshot, wall: SystemTime) -> Status {
+    /// Reads, answers and writes until the peer would block or is done. `in_flight` is what
+    /// the other peers still have to write ([`MAX_ANSWER_BYTES_IN_FLIGHT`]).
+    pub fn drive(
+        &mut self,
+        io: &mut impl PeerIo,
+        snap: &Snapshot,
+        wall: SystemTime,
+        in_flight: usize,
+    ) -> Status {
+        let busy = in_flight > MAX_ANSWER_BYTES_IN_FLIGHT;
         let mut lines = 0;
         loop {
             while self.out_pos < self.out.len() {
@@ -116,7 +133,7 @@ impl Peer {
                     .position(|&b| b == b'\n')
                     .map_or(rest.len(), |i| i + 1);
                 let (framer, out) = (&mut self.framer, &mut self.out);
-                framer.push(&rest[..len], |frame| answer(frame, snap, wall, out));
+                framer.push(&rest[..len], |frame| answer(frame, snap, wall, busy, out));
                 self.input_pos += len;
                 continue;
             }
@@ -130,7 +147,7 @@ impl Peer {
                     self.input.clear();
                     self.eof = true;
                     let (framer, out) = (&mut self.framer, &mut self.out);
-                    framer.finish(|frame| answer(frame, snap, wall, out));
+                    framer.finish(|frame| answer(frame, snap, wall, busy, out));
                 }
                 Ok(n) => self.input.truncate(n),
                 Err(e) => {
@@ -149,8 +166,9 @@ impl Peer {
     }
 }
 
-fn answer(frame: Frame<'_>, snap: &Snapshot, wall: SystemTime, out: &mut Vec<u8>) {
+fn answer(frame: Frame<'_>, snap: &Snapshot, wall: SystemTime, busy: bool, out: &mut Vec<u8>) {
     match frame {
+        Frame::Line(line) if busy && mcp::busy_response(line, out) => {}
         Frame::Line(line) => mcp::handle_line(line, snap, wall, out),
         Frame::TooLong => mcp::too_long_response(out),
     }
@@ -215,7 +233,7 @@ mod tests {
         };
         let mut peer = Peer::new();
         assert_eq!(
-            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),
+            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Close
         );
         let text = String::from_utf8(io.written).unwrap();
@@ -223,6 +241,32 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0], r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
         assert!(lines[1].contains("-32700"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn tools_call_is_refused_while_other_answers_are_past_the_budget() {
+        let call = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"query_backend_health"}}"#;
+        let mut input = call.to_vec();
+        input.extend_from_slice(b"\n{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"ping\"}\n");
+        let mut io = Script {
+            pieces: vec![input],
+            eof: true,
+            written: Vec::new(),
+            room: usize::MAX,
+        };
+        let busy = MAX_ANSWER_BYTES_IN_FLIGHT + 1;
+        let mut peer = Peer::new();
+        assert_eq!(
+            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, busy),
+            Status::Close
+        );
+        let text = String::from_utf8(io.written).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with(r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32000,"#),
+            "{text}"
+        );
+        assert_eq!(lines[1], r#"{"jsonrpc":"2.0","id":6,"result":{}}"#);
     }
 
     #[test]
@@ -241,7 +285,7 @@ mod tests {
         };
         let mut peer = Peer::new();
         assert_eq!(
-            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),
+            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Continue
         );
         // One answer built, 10 bytes of it written, nothing else answered yet.
@@ -254,7 +298,7 @@ mod tests {
         io.room = usize::MAX;
         // The first answer is written, then the rest comes LINES_PER_TURN lines per call.
         assert_eq!(
-            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),
+            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Yield
         );
         assert_eq!(
@@ -265,7 +309,7 @@ mod tests {
             1 + LINES_PER_TURN
         );
         assert_eq!(
-            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH),
+            peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Continue
         );
         assert_eq!(String::from_utf8(io.written).unwrap().lines().count(), 50);
