@@ -183,9 +183,9 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Writes a whole response (head and, unless `head_only`, body) into `out`, returning the
-/// offset in `out` where it starts. The body may already be in `out` at [`HEAD_RESERVE`]:
-/// pass `body_in_place = true` and the head is written in the reserved room before it.
+/// Completes a response whose body is already in `out` after [`HEAD_RESERVE`] bytes of room:
+/// writes the head into that room, right before the body (dropping the body for `head_only`),
+/// and returns the offset in `out` where the response starts.
 fn finish_response(
     out: &mut Vec<u8>,
     status: u16,
@@ -193,8 +193,8 @@ fn finish_response(
     extra: &str,
     close: bool,
     head_only: bool,
-    body_len: usize,
 ) -> usize {
+    let body_len = out.len() - HEAD_RESERVE;
     let mut head = Vec::with_capacity(HEAD_RESERVE);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -256,16 +256,7 @@ pub fn respond(
         out.extend_from_slice(reason_phrase(status).as_bytes());
         out.push(b'\n');
     }
-    let body_len = out.len() - HEAD_RESERVE;
-    finish_response(
-        out,
-        status,
-        content_type,
-        extra,
-        req.close,
-        head_only,
-        body_len,
-    )
+    finish_response(out, status, content_type, extra, req.close, head_only)
 }
 
 /// Builds an error response (the connection closes after it); returns where it starts.
@@ -274,16 +265,7 @@ pub fn respond_error(status: u16, out: &mut Vec<u8>) -> usize {
     out.resize(HEAD_RESERVE, 0);
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.push(b'\n');
-    let body_len = out.len() - HEAD_RESERVE;
-    finish_response(
-        out,
-        status,
-        "text/plain; charset=utf-8",
-        "",
-        true,
-        false,
-        body_len,
-    )
+    finish_response(out, status, "text/plain; charset=utf-8", "", true, false)
 }
 
 /// What the event loop should do with a connection after driving it.

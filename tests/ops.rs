@@ -9,6 +9,29 @@ use std::time::Duration;
 
 use common::*;
 
+/// A scrape of an agent that has probed one reachable and one refused backend, so that every
+/// family has samples.
+fn one_scrape_with_every_series(name: &str) -> String {
+    let open = accepting();
+    let port = open.local_addr().unwrap().port();
+    let lines = [
+        format!("n1 up 10001 127.0.0.1:{port}"),
+        format!("n1 down 10002 127.0.0.1:{}", closed_port()),
+    ];
+    let routes = write_routes(name, &lines);
+    let args = [
+        "--health-probe",
+        "--health-probe-interval",
+        "200ms",
+        "--routes-file",
+        routes.path(),
+    ];
+    let agent = Agent::start(&args);
+    agent.wait_metrics(Duration::from_secs(5), |m| {
+        m.contains("sigma_probe_cycles_total 1")
+    })
+}
+
 #[test]
 fn every_metric_named_by_rules_and_dashboard_is_exported() {
     let out = Command::new("bash")
@@ -30,25 +53,7 @@ fn every_metric_named_by_rules_and_dashboard_is_exported() {
         .collect();
     assert!(names.len() >= 15, "too few names found: {names:?}");
 
-    let open = accepting();
-    let port = open.local_addr().unwrap().port();
-    let routes = write_routes(
-        "ops-names",
-        &[
-            format!("n1 up 10001 127.0.0.1:{port}"),
-            format!("n1 down 10002 127.0.0.1:{}", closed_port()),
-        ],
-    );
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let m = one_scrape_with_every_series("ops-names");
     let missing: Vec<&String> = names
         .iter()
         .filter(|n| !m.contains(&format!("# TYPE {n} ")))
@@ -62,25 +67,7 @@ fn every_metric_named_by_rules_and_dashboard_is_exported() {
 #[test]
 fn promtool_check_metrics_finds_nothing_but_the_seeds_ms_name() {
     use std::io::Write;
-    let open = accepting();
-    let port = open.local_addr().unwrap().port();
-    let routes = write_routes(
-        "ops-promtool",
-        &[
-            format!("n1 up 10001 127.0.0.1:{port}"),
-            format!("n1 down 10002 127.0.0.1:{}", closed_port()),
-        ],
-    );
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let m = one_scrape_with_every_series("ops-promtool");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
