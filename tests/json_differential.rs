@@ -264,7 +264,8 @@ proptest! {
         doc.push_str(if object { "0" } else { "" });
         doc.push_str(&close.repeat(closes));
         check(doc.as_bytes())?;
-        if opens == closes && opens <= MAX_DEPTH {
+        // Balanced and within the limit is valid, except the empty document (no array opened).
+        if opens == closes && opens <= MAX_DEPTH && (object || opens > 0) {
             prop_assert!(json::parse(doc.as_bytes()).is_ok());
         }
     }
