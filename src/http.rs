@@ -311,7 +311,7 @@ impl Conn {
     /// May be evicted to make room: it has never had a request answered and is not
     /// answering one now.
     pub fn evictable(&self) -> bool {
-        self.served == 0 && self.out_pos >= self.out.len()
+        self.served == 0 && self.pending() == 0
     }
 
     /// Reads, answers and writes until the socket would block. `process` reads the process
