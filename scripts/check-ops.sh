@@ -47,6 +47,8 @@ sigma_vps_registered
 sigma_health_probe_enabled
 sigma_build_info
 process_resident_memory_bytes
+process_virtual_memory_bytes
+process_virtual_memory_max_bytes
 process_cpu_seconds_total
 process_open_fds
 process_max_fds

@@ -22,6 +22,7 @@ use crate::http;
 use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
 use crate::prober::{Advance, Prober};
+use crate::scrape_cache::ScrapeCache;
 use crate::signals::Signals;
 use crate::snapshot::Snapshot;
 use crate::source::{Refresh, RouteSource};
@@ -103,6 +104,8 @@ pub struct Agent {
     prober: Prober,
     source: RouteSource,
     snapshot: RefCell<Snapshot>,
+    /// The /metrics body rendered for the snapshot's current generation.
+    scrape_cache: ScrapeCache,
 }
 
 impl Agent {
@@ -169,6 +172,7 @@ impl Agent {
             ),
             source,
             snapshot: RefCell::new(snapshot),
+            scrape_cache: ScrapeCache::new(),
         })
     }
 
@@ -286,6 +290,9 @@ impl Agent {
     fn refresh_routes(&mut self, force: bool, now: Instant) {
         let (refresh, took) = self.source.refresh(force, now);
         let snap = &mut *self.snapshot.borrow_mut();
+        if !matches!(refresh, Refresh::Unchanged) {
+            snap.touch(); // the source fields below are written directly
+        }
         let routes = match refresh {
             Refresh::Unchanged => return,
             Refresh::Routes(routes) => {
@@ -361,7 +368,8 @@ impl Agent {
         let close = match self.entries.get_mut(&token) {
             None => false,
             Some(Entry::Http(conn)) => {
-                conn.drive(now, &snap, &ProcessStats::read, in_flight) == http::Status::Close
+                let cache = &mut self.scrape_cache;
+                conn.drive(now, &snap, cache, &ProcessStats::read, in_flight) == http::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;

@@ -1,5 +1,10 @@
-//! HTTP/1.1 for `/metrics`, `/healthz` and `/`: a pure request-head parser, the responses,
-//! and the per-connection state the event loop drives.
+//! HTTP/1.1 for `/metrics`, `/healthz`, `/-/healthy`, `/-/ready` and `/`: a pure request-head
+//! parser, the responses, and the per-connection state the event loop drives.
+//!
+//! `/-/healthy` and `/-/ready` follow the Prometheus exporters' convention: healthy is 200
+//! whenever the loop answers (like `/healthz`), ready is 200 once the first probe cycle has
+//! completed (at once when probing is off) and 503 before, so a rollout can wait for real
+//! data.
 //!
 //! Only GET and HEAD of three fixed paths are served, so a request body is never needed: a
 //! request that announces one is answered and the connection closed (its bytes would
@@ -7,6 +12,11 @@
 //! `Connection: keep-alive`) and `Connection: close` are honoured; pipelined requests are
 //! answered one at a time, the next parsed only once the previous response is written, so a
 //! client cannot make us buffer more than one response.
+//!
+//! `/metrics` comes from the [`ScrapeCache`] (rendered once per snapshot change), gzipped when
+//! the request's `Accept-Encoding` allows it and does not weigh identity higher (q-values
+//! honoured: `gzip;q=0` refuses it, `identity;q=1, gzip;q=0.5` prefers plain text, `*`
+//! counts for gzip when gzip is not named); every /metrics response carries `Vary: Accept-Encoding`.
 //!
 //! Limits (named below): [`MAX_CONNECTIONS`], [`MAX_HEAD_BYTES`], [`IDLE_TIMEOUT`],
 //! [`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`].
@@ -17,6 +27,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::metrics::{self, ProcessStats};
+use crate::scrape_cache::ScrapeCache;
 use crate::snapshot::Snapshot;
 
 /// Connections served at once. Prometheus needs one; 256 leaves room for curls and
@@ -49,7 +60,8 @@ const HEAD_RESERVE: usize = 256;
 
 const INDEX_HTML: &str = "<html><head><title>sigma-agent-lite</title></head><body>\
 <h1>sigma-agent-lite</h1><p><a href=\"/metrics\">/metrics</a> \
-<a href=\"/healthz\">/healthz</a></p></body></html>\n";
+<a href=\"/healthz\">/healthz</a> <a href=\"/-/healthy\">/-/healthy</a> \
+<a href=\"/-/ready\">/-/ready</a></p></body></html>\n";
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Method {
@@ -66,6 +78,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The connection is to be closed after the response.
     pub close: bool,
+    /// `Accept-Encoding` prefers gzip to identity.
+    pub gzip: bool,
 }
 
 /// The result of looking at the bytes received so far.
@@ -115,6 +129,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let mut close = !http11;
     let mut host = false;
     let mut body = false;
+    let mut codings = Codings::default();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Parse::Error(400);
@@ -144,6 +159,8 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             body = true;
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            codings.add(value);
         }
     }
     if http11 && !host {
@@ -160,9 +177,72 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
             method,
             path,
             close: close || body,
+            gzip: codings.prefers_gzip(),
         },
         end + 4,
     )
+}
+
+/// What `Accept-Encoding` says of the codings we have (RFC 9110 §12.5.3), as weights in
+/// thousandths. Unnamed codings fall under `*`; without the header only identity is
+/// acceptable.
+#[derive(Default, Debug)]
+struct Codings {
+    gzip: Option<u16>,
+    identity: Option<u16>,
+    star: Option<u16>,
+}
+
+impl Codings {
+    /// Reads one header line (several lines add up).
+    fn add(&mut self, value: &str) {
+        for element in value.split(',') {
+            let mut parts = element.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let mut q = Some(1000);
+            for param in parts {
+                let (k, v) = param.split_once('=').unwrap_or((param, ""));
+                if k.trim().eq_ignore_ascii_case("q") {
+                    q = parse_qvalue(v.trim());
+                }
+            }
+            let Some(q) = q else {
+                continue; // an unreadable weight: ignore the element
+            };
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                self.gzip = Some(q);
+            } else if coding.eq_ignore_ascii_case("identity") {
+                self.identity = Some(q);
+            } else if coding == "*" {
+                self.star = Some(q);
+            }
+        }
+    }
+
+    /// gzip is acceptable and weighs at least as much as identity when identity is weighed
+    /// (by name or by `*`); an unweighed identity is only the fallback, as in common servers.
+    fn prefers_gzip(&self) -> bool {
+        let gzip = self.gzip.or(self.star).unwrap_or(0);
+        let identity = self.identity.or(self.star).unwrap_or(0);
+        gzip > 0 && gzip >= identity
+    }
+}
+
+/// `0`, `0.5`, `1.000` (RFC 9110 §12.4.2) in thousandths; None when malformed.
+fn parse_qvalue(v: &str) -> Option<u16> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut thousandths: u16 = frac
+        .bytes()
+        .fold(0, |acc, b| acc * 10 + u16::from(b - b'0'));
+    thousandths *= 10u16.pow(3 - frac.len() as u32);
+    match (int, thousandths) {
+        ("0", t) => Some(t),
+        ("1", 0) => Some(1000),
+        _ => None,
+    }
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -224,6 +304,7 @@ fn finish_response(
 pub fn respond(
     req: &Request<'_>,
     snap: &Snapshot,
+    cache: &mut ScrapeCache,
     process: impl FnOnce() -> ProcessStats,
     in_flight: usize,
     out: &mut Vec<u8>,
@@ -231,7 +312,10 @@ pub fn respond(
     out.clear();
     out.resize(HEAD_RESERVE, 0);
     let head_only = req.method == Method::Head;
-    let known = matches!(req.path, "/metrics" | "/healthz" | "/");
+    let known = matches!(
+        req.path,
+        "/metrics" | "/healthz" | "/-/healthy" | "/-/ready" | "/"
+    );
     let (status, content_type, extra) = match (req.method, req.path) {
         (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
         (_, "/metrics") if in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT => {
@@ -239,13 +323,27 @@ pub fn respond(
             (503, "text/plain; charset=utf-8", "Retry-After: 1\r\n")
         }
         (_, "/metrics") => {
-            metrics::render(snap, &process(), out);
-            (200, metrics::CONTENT_TYPE, "")
+            cache.write(snap, &process(), req.gzip, out);
+            let extra = if req.gzip {
+                "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n"
+            } else {
+                "Vary: Accept-Encoding\r\n"
+            };
+            (200, metrics::CONTENT_TYPE, extra)
         }
         (_, "/healthz") => {
             out.extend_from_slice(b"ok\n");
             (200, "text/plain; charset=utf-8", "")
         }
+        (_, "/-/healthy") => {
+            out.extend_from_slice(b"sigma-agent-lite is Healthy.\n");
+            (200, "text/plain; charset=utf-8", "")
+        }
+        (_, "/-/ready") if snap.cycles_total > 0 || !snap.probe_enabled => {
+            out.extend_from_slice(b"sigma-agent-lite is Ready.\n");
+            (200, "text/plain; charset=utf-8", "")
+        }
+        (_, "/-/ready") => (503, "text/plain; charset=utf-8", ""),
         (_, "/") => {
             out.extend_from_slice(INDEX_HTML.as_bytes());
             (200, "text/html; charset=utf-8", "")
@@ -320,6 +418,7 @@ impl Conn {
         &mut self,
         now: Instant,
         snap: &Snapshot,
+        cache: &mut ScrapeCache,
         process: &dyn Fn() -> ProcessStats,
         in_flight: usize,
     ) -> Status {
@@ -353,7 +452,7 @@ impl Conn {
             match parse_head(&self.inbuf) {
                 Parse::Complete(req, len) => {
                     self.close_after_write = req.close;
-                    self.out_pos = respond(&req, snap, process, in_flight, &mut self.out);
+                    self.out_pos = respond(&req, snap, cache, process, in_flight, &mut self.out);
                     self.inbuf.drain(..len);
                     self.deadline = now + WRITE_TIMEOUT;
                     continue;
@@ -430,7 +529,8 @@ mod tests {
             Request {
                 method: Method::Get,
                 path: "/metrics",
-                close: false
+                close: false,
+                gzip: false,
             }
         );
         assert_eq!(&buf[len..len + 3], b"GET");
@@ -501,6 +601,37 @@ mod tests {
     }
 
     #[test]
+    fn accept_encoding_q_values() {
+        let gzip = |headers: &str| {
+            let raw = format!("GET /metrics HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
+            match parse_head(raw.as_bytes()) {
+                Parse::Complete(r, _) => r.gzip,
+                other => panic!("{other:?}"),
+            }
+        };
+        // What Prometheus sends, and the usual browser and curl forms.
+        assert!(gzip("Accept-Encoding: gzip\r\n"));
+        assert!(gzip("Accept-Encoding: gzip, deflate, br\r\n"));
+        assert!(gzip("accept-encoding: deflate, GZIP;q=0.8\r\n"));
+        assert!(gzip("Accept-Encoding: *\r\n"));
+        assert!(gzip("Accept-Encoding: x-gzip\r\n"));
+        assert!(gzip("Accept-Encoding: identity;q=0.5, gzip;q=0.5\r\n"));
+        assert!(gzip(
+            "Accept-Encoding: br\r\nAccept-Encoding: gzip;q=1.000\r\n"
+        ));
+        assert!(!gzip(""));
+        assert!(!gzip("Accept-Encoding: identity\r\n"));
+        assert!(!gzip("Accept-Encoding: deflate, br\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0.000\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0.5, identity\r\n"));
+        assert!(!gzip("Accept-Encoding: *, gzip;q=0\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=1.5\r\n")); // malformed weight: ignored
+        assert!(!gzip("Accept-Encoding: gzip;q=0.1234\r\n"));
+        assert!(!gzip("Accept-Encoding: gzipx\r\n"));
+    }
+
+    #[test]
     fn head_size_limit() {
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.resize(MAX_HEAD_BYTES - 4, b'a');
@@ -519,7 +650,14 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(req, &snap, ProcessStats::default, 0, &mut out);
+        let start = respond(
+            req,
+            &snap,
+            &mut ScrapeCache::new(),
+            ProcessStats::default,
+            0,
+            &mut out,
+        );
         String::from_utf8(out[start..].to_vec()).unwrap()
     }
 
@@ -529,11 +667,49 @@ mod tests {
             method: Method::Get,
             path,
             close: false,
+            gzip: false,
         };
         assert_eq!(
             response(&get("/healthz")),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\nok\n"
         );
+        assert_eq!(
+            response(&get("/-/healthy")),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n\r\nsigma-agent-lite is Healthy.\n"
+        );
+        // Probing on, no cycle completed yet: not ready; after one: ready.
+        let mut snap = Snapshot::new(
+            true,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let mut out = Vec::new();
+        let start = respond(
+            &get("/-/ready"),
+            &snap,
+            &mut ScrapeCache::new(),
+            ProcessStats::default,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            &out[start..],
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\nService Unavailable\n"
+        );
+        snap.cycle_done(
+            Duration::from_millis(5),
+            false,
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let start = respond(
+            &get("/-/ready"),
+            &snap,
+            &mut ScrapeCache::new(),
+            ProcessStats::default,
+            0,
+            &mut out,
+        );
+        assert!(out[start..].ends_with(b"\r\n\r\nsigma-agent-lite is Ready.\n"));
         assert_eq!(
             response(&get("/nope")),
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 10\r\n\r\nNot Found\n"
@@ -542,6 +718,7 @@ mod tests {
             method: Method::Other,
             path: "/metrics",
             close: true,
+            gzip: false,
         };
         assert_eq!(
             response(&post),
@@ -551,6 +728,7 @@ mod tests {
             method: Method::Head,
             path: "/metrics",
             close: false,
+            gzip: false,
         };
         let text = response(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
@@ -577,6 +755,7 @@ mod tests {
         let start = respond(
             &get("/metrics"),
             &snap,
+            &mut ScrapeCache::new(),
             ProcessStats::default,
             busy,
             &mut out,
@@ -586,6 +765,7 @@ mod tests {
         let start = respond(
             &get("/healthz"),
             &snap,
+            &mut ScrapeCache::new(),
             ProcessStats::default,
             busy,
             &mut out,

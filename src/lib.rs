@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dns;
 pub mod event_loop;
+pub mod gzip;
 pub mod http;
 pub mod json;
 pub mod mcp;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod pg_tls;
 pub mod prober;
 pub mod route;
+pub mod scrape_cache;
 pub mod signals;
 pub mod snapshot;
 pub mod source;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Version => {
-            println!("sigma-agent-lite {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", sigma_agent_lite::metrics::version_line());
             return ExitCode::SUCCESS;
         }
         Command::Run(c) => c,

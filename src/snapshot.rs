@@ -5,6 +5,10 @@
 //!
 //! Nothing here does I/O or reads the clock: times come in as arguments, so tests use made-up
 //! instants. Memory is bounded by the route count (`route::MAX_ROUTES`).
+//!
+//! Every change bumps [`Snapshot::generation`]: the /metrics body is rendered once per
+//! generation and served from a cache until the next change (`scrape_cache.rs`). The methods
+//! here bump it themselves; code that writes a field directly calls [`Snapshot::touch`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -139,6 +143,8 @@ pub struct Snapshot {
     pub source: SourceStatus,
     /// When the agent started (process_start_time_seconds).
     pub started_at: SystemTime,
+    /// Bumped by every change (see the module docs).
+    generation: u64,
 }
 
 impl Snapshot {
@@ -158,7 +164,18 @@ impl Snapshot {
                 fetch_duration: None,
             },
             started_at,
+            generation: 0,
         }
+    }
+
+    /// Changes with every change of the snapshot: equal generations mean equal contents.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks a change made by writing fields directly.
+    pub fn touch(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// Replaces the route set. A route whose node, name, listen port and backend are all
@@ -170,6 +187,7 @@ impl Snapshot {
         {
             return false;
         }
+        self.touch();
         let mut old: std::collections::HashMap<(String, u16), RouteState> = self
             .routes
             .drain(..)
@@ -189,6 +207,7 @@ impl Snapshot {
 
     /// Records a finished probe of route `index` at wall time `at`.
     pub fn record(&mut self, index: usize, result: ProbeResult, at: SystemTime) -> Change {
+        self.generation = self.generation.wrapping_add(1);
         let Some(state) = self.routes.get_mut(index) else {
             return Change::Same;
         };
@@ -221,6 +240,7 @@ impl Snapshot {
 
     /// Records the end of a probe cycle that took `duration`.
     pub fn cycle_done(&mut self, duration: Duration, overran: bool, at: SystemTime) {
+        self.touch();
         self.cycles_total += 1;
         if overran {
             self.overruns_total += 1;
