@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::web_tls::WebSecurityConfig;
+
 /// The seed's `MAX_PROBE_TIMEOUT_SECS`: no probe waits longer, whatever is asked, so one stuck
 /// backend can never stall the cycle for long.
 pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,6 +47,18 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
     --metrics-port PORT               Keep the listen address, change the port; 0 turns the
                                       HTTP listener off. env AGENT_METRICS_PORT
+    --web-tls-cert PATH               Serve the HTTP listener over TLS with this PEM certificate
+                                      chain (with --web-tls-key). Re-read on SIGHUP.
+                                      env AGENT_WEB_TLS_CERT (builds with the tls feature)
+    --web-tls-key PATH                The PEM private key of --web-tls-cert (PKCS#8, PKCS#1 or
+                                      SEC1). env AGENT_WEB_TLS_KEY
+    --web-client-ca PATH              Require client certificates signed by a CA in this PEM
+                                      file (mutual TLS; needs --web-tls-cert).
+                                      env AGENT_WEB_CLIENT_CA
+    --web-auth-token-file PATH        /metrics needs `Authorization: Bearer <token>`, the token
+                                      being this file's content (surrounding whitespace
+                                      ignored); else 401. /healthz, /-/healthy, /-/ready stay
+                                      open. Re-read on SIGHUP. env AGENT_WEB_AUTH_TOKEN_FILE
     --database-url URL                Read the routes from the fleet's PostgreSQL instead of a
                                       file: postgresql://USER@HOST:PORT/DB or key=value form.
                                       The password may come from PGPASSWORD instead of the URL.
@@ -90,6 +104,8 @@ pub struct Config {
     pub mcp_stdio: bool,
     /// Serve MCP over TCP.
     pub mcp_listen: Option<SocketAddr>,
+    /// TLS and token for the HTTP listener.
+    pub web: WebSecurityConfig,
 }
 
 /// The database source's settings. `Debug` shows no secret.
@@ -148,6 +164,10 @@ pub struct Env {
     pub dns_server: Option<String>,
     pub mcp_stdio: Option<String>,
     pub mcp_listen: Option<String>,
+    pub web_tls_cert: Option<OsString>,
+    pub web_tls_key: Option<OsString>,
+    pub web_client_ca: Option<OsString>,
+    pub web_auth_token_file: Option<OsString>,
     pub database_url: Option<String>,
     pub pgpassword: Option<String>,
     pub hostname: Option<String>,
@@ -159,6 +179,7 @@ impl Env {
     /// Reads the process environment. An empty variable counts as unset.
     pub fn from_process() -> Env {
         let s = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let os = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         Env {
             health_probe: s("AGENT_HEALTH_PROBE"),
             interval: s("AGENT_HEALTH_PROBE_INTERVAL"),
@@ -169,6 +190,10 @@ impl Env {
             dns_server: s("AGENT_DNS_SERVER"),
             mcp_stdio: s("AGENT_MCP_STDIO"),
             mcp_listen: s("AGENT_MCP_LISTEN"),
+            web_tls_cert: os("AGENT_WEB_TLS_CERT"),
+            web_tls_key: os("AGENT_WEB_TLS_KEY"),
+            web_client_ca: os("AGENT_WEB_CLIENT_CA"),
+            web_auth_token_file: os("AGENT_WEB_AUTH_TOKEN_FILE"),
             database_url: s("AGENT_DATABASE_URL"),
             pgpassword: s("PGPASSWORD"),
             hostname: s("AGENT_HOSTNAME"),
@@ -195,6 +220,10 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut mcp_listen: Option<String> = None;
     let mut database_url: Option<String> = None;
     let mut hostname: Option<String> = None;
+    let mut web_tls_cert: Option<PathBuf> = None;
+    let mut web_tls_key: Option<PathBuf> = None;
+    let mut web_client_ca: Option<PathBuf> = None;
+    let mut web_auth_token_file: Option<PathBuf> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -215,6 +244,10 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
             Long("mcp-stdio") => mcp_stdio = Some(true),
             Long("mcp-listen") => mcp_listen = Some(string(&mut parser, "--mcp-listen")?),
             Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
+            Long("web-tls-cert") => web_tls_cert = Some(parser.value()?.into()),
+            Long("web-tls-key") => web_tls_key = Some(parser.value()?.into()),
+            Long("web-client-ca") => web_client_ca = Some(parser.value()?.into()),
+            Long("web-auth-token-file") => web_auth_token_file = Some(parser.value()?.into()),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -243,6 +276,39 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         "AGENT_HEALTH_PROBE_TIMEOUT",
     );
     let routes_file = routes_file.or(env.routes_file.map(PathBuf::from));
+    let web = WebSecurityConfig {
+        tls_cert: web_tls_cert.or(env.web_tls_cert.map(PathBuf::from)),
+        tls_key: web_tls_key.or(env.web_tls_key.map(PathBuf::from)),
+        client_ca: web_client_ca.or(env.web_client_ca.map(PathBuf::from)),
+        token_file: web_auth_token_file.or(env.web_auth_token_file.map(PathBuf::from)),
+    };
+    if (web.tls_cert.is_some() || web.tls_key.is_some() || web.client_ca.is_some())
+        && !cfg!(feature = "tls")
+    {
+        return Err(UsageError(
+            "--web-tls-cert, --web-tls-key and --web-client-ca (or AGENT_WEB_TLS_*, AGENT_WEB_CLIENT_CA) need a build with the tls feature (this one was built without it); --web-auth-token-file works without TLS but sends the token in clear".into(),
+        ));
+    }
+    match (&web.tls_cert, &web.tls_key) {
+        (Some(_), None) => {
+            return Err(UsageError(
+                "--web-tls-cert (or AGENT_WEB_TLS_CERT) needs --web-tls-key (or AGENT_WEB_TLS_KEY)"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(UsageError(
+                "--web-tls-key (or AGENT_WEB_TLS_KEY) needs --web-tls-cert (or AGENT_WEB_TLS_CERT)"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
+    if web.client_ca.is_some() && web.tls_cert.is_none() {
+        return Err(UsageError(
+            "--web-client-ca (or AGENT_WEB_CLIENT_CA) needs --web-tls-cert and --web-tls-key: client certificates come with TLS".into(),
+        ));
+    }
     let (metrics_listen, listen_src) = pick(
         metrics_listen,
         env.metrics_listen,
@@ -371,6 +437,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         database,
         mcp_stdio,
         mcp_listen,
+        web,
     }))
 }
 
@@ -601,6 +668,46 @@ mod tests {
                 .0
                 .contains("needs a build with the postgres feature"));
         }
+    }
+
+    #[test]
+    fn web_security_flags_and_env() {
+        let env = Env {
+            web_tls_cert: Some("/env/cert.pem".into()),
+            web_tls_key: Some("/env/key.pem".into()),
+            web_auth_token_file: Some("/env/token".into()),
+            ..Env::default()
+        };
+        let result = parse(&["--web-tls-key", "/flag/key.pem"], env);
+        if cfg!(feature = "tls") {
+            let Ok(Command::Run(c)) = result else {
+                panic!("{result:?}")
+            };
+            assert_eq!(c.web.tls_cert, Some("/env/cert.pem".into()));
+            assert_eq!(c.web.tls_key, Some("/flag/key.pem".into()));
+            assert_eq!(c.web.token_file, Some("/env/token".into()));
+            assert_eq!(c.web.client_ca, None);
+            for (args, want) in [
+                (&["--web-tls-cert", "c"][..], "needs --web-tls-key"),
+                (&["--web-tls-key", "k"][..], "needs --web-tls-cert"),
+                (
+                    &["--web-client-ca", "ca"][..],
+                    "needs --web-tls-cert and --web-tls-key",
+                ),
+            ] {
+                let e = parse(args, Env::default()).unwrap_err();
+                assert!(e.0.contains(want), "{args:?}: {e}");
+            }
+        } else {
+            assert!(result
+                .unwrap_err()
+                .0
+                .contains("need a build with the tls feature"));
+        }
+        // The token alone works in every build.
+        let c = run(&["--web-auth-token-file", "/t"]);
+        assert_eq!(c.web.token_file, Some("/t".into()));
+        assert_eq!(c.web.tls_cert, None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::signals::Signals;
 use crate::snapshot::Snapshot;
 use crate::source::{Refresh, RouteSource};
 use crate::stdio::{StdIn, StdOut};
+use crate::web_tls::{WebSecurity, WebSecurityConfig};
 
 const SIGNALS: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
@@ -106,6 +107,9 @@ pub struct Agent {
     snapshot: RefCell<Snapshot>,
     /// The /metrics body rendered for the snapshot's current generation.
     scrape_cache: ScrapeCache,
+    /// TLS and token of the HTTP listener, and the files they come from (re-read on SIGHUP).
+    security: WebSecurity,
+    security_config: WebSecurityConfig,
 }
 
 impl Agent {
@@ -123,6 +127,8 @@ impl Agent {
         signals
             .register(poll.registry(), SIGNALS)
             .map_err(|e| RuntimeError(format!("cannot watch signals: {e}")))?;
+        // Read before binding: a bad certificate or token file fails before anything listens.
+        let security = WebSecurity::load(&config.web).map_err(RuntimeError)?;
         let http_listener = match config.metrics_listen {
             None => None,
             Some(addr) => Some(listen(&poll, addr, HTTP_LISTENER, "--metrics-listen")?),
@@ -173,6 +179,8 @@ impl Agent {
             source,
             snapshot: RefCell::new(snapshot),
             scrape_cache: ScrapeCache::new(),
+            security,
+            security_config: config.web.clone(),
         })
     }
 
@@ -223,6 +231,7 @@ impl Agent {
                         if pending.reload {
                             log::info!("SIGHUP: re-reading the route source");
                             self.refresh_routes(true, now);
+                            self.reload_security();
                         }
                     }
                     HTTP_LISTENER => self.accept(Kind::Http, now),
@@ -284,6 +293,22 @@ impl Agent {
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.entries.values().map(Entry::deadline);
         conns.chain(self.prober.next_deadline()).min()
+    }
+
+    /// Re-reads the listener's certificate, key, client CA and token files (SIGHUP). New
+    /// connections use them; on any error the previous settings stay.
+    fn reload_security(&mut self) {
+        let c = &self.security_config;
+        if c.tls_cert.is_none() && c.token_file.is_none() {
+            return;
+        }
+        match WebSecurity::load(c) {
+            Ok(security) => {
+                log::info!("SIGHUP: re-read the HTTP listener's TLS and token files");
+                self.security = security;
+            }
+            Err(e) => log::error!("SIGHUP: {e}; keeping the previous TLS and token settings"),
+        }
     }
 
     /// Reads the route source again; a changed set replaces the snapshot's routes.
@@ -368,8 +393,14 @@ impl Agent {
         let close = match self.entries.get_mut(&token) {
             None => false,
             Some(Entry::Http(conn)) => {
-                let cache = &mut self.scrape_cache;
-                conn.drive(now, &snap, cache, &ProcessStats::read, in_flight) == http::Status::Close
+                let mut serve = http::Serve {
+                    snap: &snap,
+                    cache: &mut self.scrape_cache,
+                    security: &self.security,
+                    process: &ProcessStats::read,
+                    in_flight,
+                };
+                conn.drive(now, &mut serve) == http::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;
@@ -444,7 +475,13 @@ impl Agent {
             }
             log::debug!("{kind:?}: {peer} connected");
             let entry = match kind {
-                Kind::Http => Entry::Http(http::Conn::new(stream, now)),
+                Kind::Http => match self.http_conn(stream, now) {
+                    Ok(conn) => Entry::Http(conn),
+                    Err(e) => {
+                        log::warn!("Http: cannot start TLS for {peer}: {e}");
+                        continue;
+                    }
+                },
                 Kind::Mcp => Entry::Mcp(McpConn {
                     stream,
                     peer: Peer::new(),
@@ -455,6 +492,15 @@ impl Agent {
             // Edge-triggered: bytes that arrived with the connection must be read now.
             self.drive(token, now);
         }
+    }
+
+    /// A new HTTP connection: TLS when the listener has a certificate.
+    fn http_conn(&self, stream: mio::net::TcpStream, now: Instant) -> io::Result<http::Conn> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.security.tls {
+            return http::Conn::with_tls(stream, config.clone(), now);
+        }
+        Ok(http::Conn::new(stream, now))
     }
 
     /// At a listener's connection limit, closes the connection it can best spare: for HTTP

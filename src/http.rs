@@ -18,8 +18,14 @@
 //! honoured: `gzip;q=0` refuses it, `identity;q=1, gzip;q=0.5` prefers plain text, `*`
 //! counts for gzip when gzip is not named); every /metrics response carries `Vary: Accept-Encoding`.
 //!
+//! With `--web-tls-cert`/`--web-tls-key` the connection speaks TLS (`web_tls.rs`: rustls'
+//! sans-IO session, pumped here on readable/writable events); with `--web-auth-token-file`,
+//! `/metrics` answers 401 with `WWW-Authenticate: Bearer` unless the request carries
+//! `Authorization: Bearer <token>`. `/healthz`, `/-/healthy`, `/-/ready` and `/` stay open
+//! (liveness probes and load balancers carry no token; they reveal nothing about backends).
+//!
 //! Limits (named below): [`MAX_CONNECTIONS`], [`MAX_HEAD_BYTES`], [`IDLE_TIMEOUT`],
-//! [`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`].
+//! [`HEAD_TIMEOUT`], [`HANDSHAKE_TIMEOUT`], [`WRITE_TIMEOUT`].
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -29,6 +35,9 @@ use mio::net::TcpStream;
 use crate::metrics::{self, ProcessStats};
 use crate::scrape_cache::ScrapeCache;
 use crate::snapshot::Snapshot;
+#[cfg(feature = "tls")]
+use crate::web_tls::TlsIo;
+use crate::web_tls::WebSecurity;
 
 /// Connections served at once. Prometheus needs one; 256 leaves room for curls and
 /// dashboards while bounding memory (~8 KiB of head buffer each at most, plus the response
@@ -43,6 +52,10 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a request head has started, it must be complete within this (slowloris bound).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS client must finish its handshake and send its first request head within this: a
+/// loopback handshake takes ~2 ms, a distant Prometheus a few round trips. A peer that
+/// stalls holds its own slot until then and delays no one else.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A response that makes no progress for this long is abandoned (a peer that stopped reading);
 /// every write that makes progress restarts it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +93,8 @@ pub struct Request<'a> {
     pub close: bool,
     /// `Accept-Encoding` prefers gzip to identity.
     pub gzip: bool,
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a str>,
 }
 
 /// The result of looking at the bytes received so far.
@@ -130,6 +145,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let mut host = false;
     let mut body = false;
     let mut codings = Codings::default();
+    let mut authorization = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Parse::Error(400);
@@ -161,6 +177,11 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
             body = true;
         } else if name.eq_ignore_ascii_case("accept-encoding") {
             codings.add(value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Parse::Error(400);
+            }
+            authorization = Some(value);
         }
     }
     if http11 && !host {
@@ -178,6 +199,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
             path,
             close: close || body,
             gzip: codings.prefers_gzip(),
+            authorization,
         },
         end + 4,
     )
@@ -253,6 +275,7 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -299,16 +322,19 @@ fn finish_response(
     start
 }
 
+/// What a response may need besides the request; the event loop lends it for one drive.
+pub struct Serve<'a> {
+    pub snap: &'a Snapshot,
+    pub cache: &'a mut ScrapeCache,
+    pub security: &'a WebSecurity,
+    /// Reads the process figures (only when a /metrics response is built).
+    pub process: &'a dyn Fn() -> ProcessStats,
+    /// What other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
+    pub in_flight: usize,
+}
+
 /// Builds the response to `req` into `out` (cleared first); returns where it starts.
-/// `in_flight` is what other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
-pub fn respond(
-    req: &Request<'_>,
-    snap: &Snapshot,
-    cache: &mut ScrapeCache,
-    process: impl FnOnce() -> ProcessStats,
-    in_flight: usize,
-    out: &mut Vec<u8>,
-) -> usize {
+pub fn respond(req: &Request<'_>, serve: &mut Serve<'_>, out: &mut Vec<u8>) -> usize {
     out.clear();
     out.resize(HEAD_RESERVE, 0);
     let head_only = req.method == Method::Head;
@@ -316,14 +342,36 @@ pub fn respond(
         req.path,
         "/metrics" | "/healthz" | "/-/healthy" | "/-/ready" | "/"
     );
+    let (snap, in_flight) = (serve.snap, serve.in_flight);
+    let protected = req.path == "/metrics";
     let (status, content_type, extra) = match (req.method, req.path) {
         (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
+        _ if protected
+            && !serve
+                .security
+                .authorized(req.authorization.map(str::as_bytes)) =>
+        {
+            log::debug!(
+                "http: {} without a valid bearer token, answering 401",
+                req.path
+            );
+            (
+                401,
+                "text/plain; charset=utf-8",
+                "WWW-Authenticate: Bearer realm=\"sigma-agent-lite\"\r\n",
+            )
+        }
         (_, "/metrics") if in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT => {
             log::warn!("http: {in_flight} bytes of responses still being written, answering 503");
             (503, "text/plain; charset=utf-8", "Retry-After: 1\r\n")
         }
         (_, "/metrics") => {
-            cache.write(snap, &process(), req.gzip, out);
+            serve.cache.write(snap, &(serve.process)(), req.gzip, out);
+            log::debug!(
+                "http: /metrics answered, {} bytes {}",
+                out.len() - HEAD_RESERVE,
+                if req.gzip { "gzip" } else { "identity" }
+            );
             let extra = if req.gzip {
                 "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n"
             } else {
@@ -376,6 +424,11 @@ pub enum Status {
 /// One HTTP client connection.
 pub struct Conn {
     pub stream: TcpStream,
+    /// The TLS session, on a TLS listener.
+    #[cfg(feature = "tls")]
+    tls: Option<TlsIo>,
+    /// The response was the last: only TLS records (close_notify) remain to send.
+    closing: bool,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -391,6 +444,9 @@ impl Conn {
     pub fn new(stream: TcpStream, now: Instant) -> Conn {
         Conn {
             stream,
+            #[cfg(feature = "tls")]
+            tls: None,
+            closing: false,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -399,6 +455,57 @@ impl Conn {
             accepted_at: now,
             deadline: now + IDLE_TIMEOUT,
         }
+    }
+
+    /// A connection on the TLS listener: the handshake must be done within
+    /// [`HANDSHAKE_TIMEOUT`].
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        stream: TcpStream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        now: Instant,
+    ) -> io::Result<Conn> {
+        let mut conn = Conn::new(stream, now);
+        conn.tls = Some(TlsIo::new(config)?);
+        conn.deadline = now + HANDSHAKE_TIMEOUT;
+        Ok(conn)
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.read(&mut self.stream, buf);
+        }
+        self.stream.read(buf)
+    }
+
+    fn write_some(&mut self, from: usize) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.write(&mut self.stream, &self.out[from..]);
+        }
+        self.stream.write(&self.out[from..])
+    }
+
+    /// Sends TLS records already made (handshake, encrypted response); Ok(true) when none is
+    /// left. Always true without TLS.
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.flush(&mut self.stream);
+        }
+        Ok(true)
+    }
+
+    /// Queues TLS close_notify after the last response; false without TLS (close now).
+    fn start_tls_close(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            tls.close();
+            self.closing = true;
+            return true;
+        }
+        false
     }
 
     /// Bytes of the response not yet written.
@@ -414,15 +521,17 @@ impl Conn {
 
     /// Reads, answers and writes until the socket would block. `process` reads the process
     /// figures, only when a /metrics response is built.
-    pub fn drive(
-        &mut self,
-        now: Instant,
-        snap: &Snapshot,
-        cache: &mut ScrapeCache,
-        process: &dyn Fn() -> ProcessStats,
-        in_flight: usize,
-    ) -> Status {
+    pub fn drive(&mut self, now: Instant, serve: &mut Serve<'_>) -> Status {
         loop {
+            match self.flush_tls() {
+                Ok(true) if self.closing => return Status::Close,
+                Ok(true) => {}
+                Ok(false) => return Status::Continue,
+                Err(e) => {
+                    log::debug!("http: TLS write failed: {e}");
+                    return Status::Close;
+                }
+            }
             if self.out_pos < self.out.len() {
                 let before = self.out_pos;
                 let flushed = self.flush();
@@ -439,6 +548,9 @@ impl Conn {
                     }
                 }
                 if self.close_after_write {
+                    if self.start_tls_close() {
+                        continue; // send close_notify, then close
+                    }
                     return Status::Close;
                 }
                 self.served += 1;
@@ -452,7 +564,7 @@ impl Conn {
             match parse_head(&self.inbuf) {
                 Parse::Complete(req, len) => {
                     self.close_after_write = req.close;
-                    self.out_pos = respond(&req, snap, cache, process, in_flight, &mut self.out);
+                    self.out_pos = respond(&req, serve, &mut self.out);
                     self.inbuf.drain(..len);
                     self.deadline = now + WRITE_TIMEOUT;
                     continue;
@@ -469,7 +581,7 @@ impl Conn {
             }
             let mut chunk = [0u8; 4096];
             let room = (MAX_HEAD_BYTES + 4 - self.inbuf.len()).min(chunk.len());
-            match self.stream.read(&mut chunk[..room]) {
+            match self.read_some(&mut chunk[..room]) {
                 Ok(0) => return Status::Close,
                 Ok(n) => {
                     if self.inbuf.is_empty() {
@@ -490,7 +602,7 @@ impl Conn {
     /// Writes pending output; Ok(true) when all is written, Ok(false) on WouldBlock.
     fn flush(&mut self) -> io::Result<bool> {
         while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            match self.write_some(self.out_pos) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -531,6 +643,7 @@ mod tests {
                 path: "/metrics",
                 close: false,
                 gzip: false,
+                authorization: None,
             }
         );
         assert_eq!(&buf[len..len + 3], b"GET");
@@ -601,6 +714,55 @@ mod tests {
     }
 
     #[test]
+    fn bearer_token_guards_metrics_only() {
+        let snap = Snapshot::new(
+            false,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let security = WebSecurity::with_token(b"tok");
+        let mut cache = ScrapeCache::new();
+        let mut ask = |raw: &str| {
+            let raw = format!("{raw}\r\n");
+            let Parse::Complete(req, _) = parse_head(raw.as_bytes()) else {
+                panic!("{raw}")
+            };
+            let mut serve = Serve {
+                snap: &snap,
+                cache: &mut cache,
+                security: &security,
+                process: &ProcessStats::default,
+                in_flight: 0,
+            };
+            let mut out = Vec::new();
+            let start = respond(&req, &mut serve, &mut out);
+            String::from_utf8_lossy(&out[start..]).into_owned()
+        };
+        let denied = ask("GET /metrics HTTP/1.1\r\nHost: a\r\n");
+        assert!(
+            denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{denied}"
+        );
+        assert!(denied.contains("\r\nWWW-Authenticate: Bearer realm=\"sigma-agent-lite\"\r\n"));
+        assert!(!denied.contains("sigma_"), "{denied}");
+        for wrong in ["Bearer tok2", "Basic tok", "tok"] {
+            let r = ask(&format!(
+                "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: {wrong}\r\n"
+            ));
+            assert!(r.starts_with("HTTP/1.1 401 "), "{wrong}: {r}");
+        }
+        let ok = ask("GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        for open in ["/healthz", "/-/healthy", "/-/ready", "/"] {
+            let r = ask(&format!("GET {open} HTTP/1.1\r\nHost: a\r\n"));
+            assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{open}: {r}");
+        }
+        // Two Authorization headers are ambiguous: 400.
+        let two = "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\nAuthorization: Bearer x\r\n\r\n";
+        assert_eq!(parse_head(two.as_bytes()), Parse::Error(400));
+    }
+
+    #[test]
     fn accept_encoding_q_values() {
         let gzip = |headers: &str| {
             let raw = format!("GET /metrics HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
@@ -643,6 +805,17 @@ mod tests {
         assert_eq!(parse_head(&over), Parse::Error(431));
     }
 
+    fn serve(snap: &Snapshot, in_flight: usize) -> Serve<'_> {
+        Serve {
+            snap,
+            // Leaked: a test helper's cache and settings live as long as the test process.
+            cache: Box::leak(Box::new(ScrapeCache::new())),
+            security: Box::leak(Box::new(WebSecurity::default())),
+            process: &ProcessStats::default,
+            in_flight,
+        }
+    }
+
     fn response(req: &Request<'_>) -> String {
         let snap = Snapshot::new(
             false,
@@ -650,14 +823,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(
-            req,
-            &snap,
-            &mut ScrapeCache::new(),
-            ProcessStats::default,
-            0,
-            &mut out,
-        );
+        let start = respond(req, &mut serve(&snap, 0), &mut out);
         String::from_utf8(out[start..].to_vec()).unwrap()
     }
 
@@ -668,6 +834,7 @@ mod tests {
             path,
             close: false,
             gzip: false,
+            authorization: None,
         };
         assert_eq!(
             response(&get("/healthz")),
@@ -684,14 +851,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(
-            &get("/-/ready"),
-            &snap,
-            &mut ScrapeCache::new(),
-            ProcessStats::default,
-            0,
-            &mut out,
-        );
+        let start = respond(&get("/-/ready"), &mut serve(&snap, 0), &mut out);
         assert_eq!(
             &out[start..],
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\nService Unavailable\n"
@@ -701,14 +861,7 @@ mod tests {
             false,
             std::time::SystemTime::UNIX_EPOCH,
         );
-        let start = respond(
-            &get("/-/ready"),
-            &snap,
-            &mut ScrapeCache::new(),
-            ProcessStats::default,
-            0,
-            &mut out,
-        );
+        let start = respond(&get("/-/ready"), &mut serve(&snap, 0), &mut out);
         assert!(out[start..].ends_with(b"\r\n\r\nsigma-agent-lite is Ready.\n"));
         assert_eq!(
             response(&get("/nope")),
@@ -719,6 +872,7 @@ mod tests {
             path: "/metrics",
             close: true,
             gzip: false,
+            authorization: None,
         };
         assert_eq!(
             response(&post),
@@ -729,6 +883,7 @@ mod tests {
             path: "/metrics",
             close: false,
             gzip: false,
+            authorization: None,
         };
         let text = response(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
@@ -752,24 +907,10 @@ mod tests {
         );
         let mut out = Vec::new();
         let busy = MAX_RESPONSE_BYTES_IN_FLIGHT + 1;
-        let start = respond(
-            &get("/metrics"),
-            &snap,
-            &mut ScrapeCache::new(),
-            ProcessStats::default,
-            busy,
-            &mut out,
-        );
+        let start = respond(&get("/metrics"), &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(String::from_utf8_lossy(&out[start..]).contains("Retry-After: 1\r\n"));
-        let start = respond(
-            &get("/healthz"),
-            &snap,
-            &mut ScrapeCache::new(),
-            ProcessStats::default,
-            busy,
-            &mut out,
-        );
+        let start = respond(&get("/healthz"), &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 200 OK\r\n"));
 
         let mut out = Vec::new();

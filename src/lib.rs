@@ -22,3 +22,4 @@ pub mod source;
 #[cfg(feature = "postgres")]
 pub mod source_pg;
 pub mod stdio;
+pub mod web_tls;

@@ -7,6 +7,7 @@ pub mod dns_server;
 pub mod pg;
 #[cfg(feature = "tls")]
 pub mod pg_tls;
+pub mod web_pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
