@@ -71,6 +71,9 @@ OPTIONS (each has an environment fallback; the flag wins):
     --mcp-listen ADDR:PORT            Serve MCP over TCP, same framing; keep it on loopback
                                       (127.0.0.1:9103) unless you mean otherwise.
                                       env AGENT_MCP_LISTEN, default off
+    --mcp-http                        Serve MCP over Streamable HTTP at POST /mcp on the HTTP
+                                      listener (its TLS and token apply).
+                                      env AGENT_MCP_HTTP (1/true/0/false), default off
     --dns-server ADDR:PORT            Name server for backend host names, instead of those in
                                       /etc/resolv.conf (/etc/hosts is still read first).
                                       env AGENT_DNS_SERVER
@@ -104,6 +107,8 @@ pub struct Config {
     pub mcp_stdio: bool,
     /// Serve MCP over TCP.
     pub mcp_listen: Option<SocketAddr>,
+    /// Serve MCP over Streamable HTTP (`POST /mcp`) on the HTTP listener.
+    pub mcp_http: bool,
     /// TLS and token for the HTTP listener.
     pub web: WebSecurityConfig,
 }
@@ -164,6 +169,7 @@ pub struct Env {
     pub dns_server: Option<String>,
     pub mcp_stdio: Option<String>,
     pub mcp_listen: Option<String>,
+    pub mcp_http: Option<String>,
     pub web_tls_cert: Option<OsString>,
     pub web_tls_key: Option<OsString>,
     pub web_client_ca: Option<OsString>,
@@ -190,6 +196,7 @@ impl Env {
             dns_server: s("AGENT_DNS_SERVER"),
             mcp_stdio: s("AGENT_MCP_STDIO"),
             mcp_listen: s("AGENT_MCP_LISTEN"),
+            mcp_http: s("AGENT_MCP_HTTP"),
             web_tls_cert: os("AGENT_WEB_TLS_CERT"),
             web_tls_key: os("AGENT_WEB_TLS_KEY"),
             web_client_ca: os("AGENT_WEB_CLIENT_CA"),
@@ -218,6 +225,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut dns_server: Option<String> = None;
     let mut mcp_stdio: Option<bool> = None;
     let mut mcp_listen: Option<String> = None;
+    let mut mcp_http: Option<bool> = None;
     let mut database_url: Option<String> = None;
     let mut hostname: Option<String> = None;
     let mut web_tls_cert: Option<PathBuf> = None;
@@ -242,6 +250,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
             Long("database-url") => database_url = Some(string(&mut parser, "--database-url")?),
             Long("hostname") => hostname = Some(string(&mut parser, "--hostname")?),
             Long("mcp-stdio") => mcp_stdio = Some(true),
+            Long("mcp-http") => mcp_http = Some(true),
             Long("mcp-listen") => mcp_listen = Some(string(&mut parser, "--mcp-listen")?),
             Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
             Long("web-tls-cert") => web_tls_cert = Some(parser.value()?.into()),
@@ -257,6 +266,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     // Environment fallbacks, all here.
     let health_probe = flag_or_env(health_probe, env.health_probe, "AGENT_HEALTH_PROBE")?;
     let mcp_stdio = flag_or_env(mcp_stdio, env.mcp_stdio, "AGENT_MCP_STDIO")?;
+    let mcp_http = flag_or_env(mcp_http, env.mcp_http, "AGENT_MCP_HTTP")?;
     let (mcp_listen, mcp_src) = pick(
         mcp_listen,
         env.mcp_listen,
@@ -437,6 +447,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         database,
         mcp_stdio,
         mcp_listen,
+        mcp_http,
         web,
     }))
 }

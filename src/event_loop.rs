@@ -110,6 +110,8 @@ pub struct Agent {
     /// TLS and token of the HTTP listener, and the files they come from (re-read on SIGHUP).
     security: WebSecurity,
     security_config: WebSecurityConfig,
+    /// `--mcp-http`: MCP over Streamable HTTP on the HTTP listener.
+    mcp_http: bool,
 }
 
 impl Agent {
@@ -181,6 +183,7 @@ impl Agent {
             scrape_cache: ScrapeCache::new(),
             security,
             security_config: config.web.clone(),
+            mcp_http: config.mcp_http,
         })
     }
 
@@ -399,6 +402,8 @@ impl Agent {
                     security: &self.security,
                     process: &ProcessStats::read,
                     in_flight,
+                    mcp_http: self.mcp_http,
+                    wall: SystemTime::now(),
                 };
                 conn.drive(now, &mut serve) == http::Status::Close
             }

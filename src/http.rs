@@ -6,9 +6,18 @@
 //! completed (at once when probing is off) and 503 before, so a rollout can wait for real
 //! data.
 //!
-//! Only GET and HEAD of three fixed paths are served, so a request body is never needed: a
-//! request that announces one is answered and the connection closed (its bytes would
-//! otherwise be read as the next request). Keep-alive (HTTP/1.1 default, HTTP/1.0 with
+//! Only GET and HEAD of fixed paths are served, plus `POST /mcp` with `--mcp-http`; only that
+//! one reads a request body (by `Content-Length`, at most [`mcp::MAX_LINE_BYTES`]). Any other
+//! request that announces a body is answered and the connection closed (its bytes would
+//! otherwise be read as the next request).
+//!
+//! MCP over Streamable HTTP (`--mcp-http`): each `POST /mcp` carries one JSON-RPC message and
+//! gets its answer as `application/json` (200), or 202 with no body for a notification or a
+//! response; nothing is ever in flight, so no SSE stream is offered and `GET /mcp` is 405.
+//! The server is stateless (no `Mcp-Session-Id` is issued): both eras work as on stdio, the
+//! 2025-11-25 handshake and the per-request 2026-07-28. An `Origin` header must name this
+//! listener's own `Host` (DNS-rebinding defence, 403 otherwise); an `MCP-Protocol-Version`
+//! header must be a version we speak (400 otherwise). Keep-alive (HTTP/1.1 default, HTTP/1.0 with
 //! `Connection: keep-alive`) and `Connection: close` are honoured; pipelined requests are
 //! answered one at a time, the next parsed only once the previous response is written, so a
 //! client cannot make us buffer more than one response.
@@ -32,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use crate::mcp;
 use crate::metrics::{self, ProcessStats};
 use crate::scrape_cache::ScrapeCache;
 use crate::snapshot::Snapshot;
@@ -80,7 +90,18 @@ const INDEX_HTML: &str = "<html><head><title>sigma-agent-lite</title></head><bod
 pub enum Method {
     Get,
     Head,
+    Post,
     Other,
+}
+
+/// The body a request announces.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Body {
+    None,
+    /// `Content-Length: n`, n > 0.
+    Length(u64),
+    /// `Transfer-Encoding` (chunked or other): never read, the connection is closed.
+    Encoded,
 }
 
 /// A parsed request head. Borrowed from the input buffer.
@@ -89,12 +110,19 @@ pub struct Request<'a> {
     pub method: Method,
     /// The path without its query string.
     pub path: &'a str,
-    /// The connection is to be closed after the response.
+    /// The connection is to be closed after the response (from `Connection` and the version;
+    /// a body we don't read closes it too, decided by the connection).
     pub close: bool,
+    pub body: Body,
     /// `Accept-Encoding` prefers gzip to identity.
     pub gzip: bool,
     /// The `Authorization` header's value, if any.
     pub authorization: Option<&'a str>,
+    /// Headers `POST /mcp` looks at.
+    pub host: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub mcp_protocol_version: Option<&'a str>,
 }
 
 /// The result of looking at the bytes received so far.
@@ -143,7 +171,8 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     };
     let mut close = !http11;
     let mut host = false;
-    let mut body = false;
+    let mut body = Body::None;
+    let (mut host_value, mut origin, mut content_type, mut mcp_version) = (None, None, None, None);
     let mut codings = Codings::default();
     let mut authorization = None;
     for line in lines {
@@ -159,6 +188,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
                 return Parse::Error(400);
             }
             host = true;
+            host_value = Some(value);
         } else if name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(str::trim) {
                 if option.eq_ignore_ascii_case("close") {
@@ -168,13 +198,23 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
                 }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<u64>() {
-                Ok(0) => {}
-                Ok(_) => body = true,
-                Err(_) => return Parse::Error(400),
+            match (value.parse::<u64>(), body) {
+                (Ok(0), Body::None) => {}
+                (Ok(n), Body::None) => body = Body::Length(n),
+                // Two lengths, or a length with Transfer-Encoding: smuggling, 400.
+                _ => return Parse::Error(400),
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            body = true;
+            if matches!(body, Body::Length(_)) {
+                return Parse::Error(400);
+            }
+            body = Body::Encoded;
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
+            mcp_version.get_or_insert(value);
         } else if name.eq_ignore_ascii_case("accept-encoding") {
             codings.add(value);
         } else if name.eq_ignore_ascii_case("authorization") {
@@ -190,6 +230,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
+        "POST" => Method::Post,
         _ => Method::Other,
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -197,9 +238,14 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
         Request {
             method,
             path,
-            close: close || body,
+            close,
+            body,
             gzip: codings.prefers_gzip(),
             authorization,
+            host: host_value,
+            origin,
+            content_type,
+            mcp_protocol_version: mcp_version,
         },
         end + 4,
     )
@@ -275,7 +321,12 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        202 => "Accepted",
         401 => "Unauthorized",
+        403 => "Forbidden",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -331,21 +382,34 @@ pub struct Serve<'a> {
     pub process: &'a dyn Fn() -> ProcessStats,
     /// What other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
     pub in_flight: usize,
+    /// `--mcp-http`: serve `POST /mcp`.
+    pub mcp_http: bool,
+    /// Wall time, for MCP answers (`generated_at`, staleness).
+    pub wall: std::time::SystemTime,
 }
 
-/// Builds the response to `req` into `out` (cleared first); returns where it starts.
-pub fn respond(req: &Request<'_>, serve: &mut Serve<'_>, out: &mut Vec<u8>) -> usize {
+/// Whether the connection should read the body `req` announces (only `POST /mcp`).
+pub fn reads_body(req: &Request<'_>, mcp_http: bool) -> bool {
+    mcp_http && req.method == Method::Post && req.path == "/mcp"
+}
+
+/// Builds the response to `req` (with its `body`, read only for `POST /mcp`) into `out`
+/// (cleared first); returns where it starts.
+pub fn respond(req: &Request<'_>, body: &[u8], serve: &mut Serve<'_>, out: &mut Vec<u8>) -> usize {
     out.clear();
     out.resize(HEAD_RESERVE, 0);
     let head_only = req.method == Method::Head;
+    let mcp = serve.mcp_http && req.path == "/mcp";
     let known = matches!(
         req.path,
         "/metrics" | "/healthz" | "/-/healthy" | "/-/ready" | "/"
     );
     let (snap, in_flight) = (serve.snap, serve.in_flight);
-    let protected = req.path == "/metrics";
+    let protected = req.path == "/metrics" || mcp;
     let (status, content_type, extra) = match (req.method, req.path) {
-        (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
+        (Method::Other | Method::Post, _) if known => {
+            (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n")
+        }
         _ if protected
             && !serve
                 .security
@@ -361,6 +425,7 @@ pub fn respond(req: &Request<'_>, serve: &mut Serve<'_>, out: &mut Vec<u8>) -> u
                 "WWW-Authenticate: Bearer realm=\"sigma-agent-lite\"\r\n",
             )
         }
+        _ if mcp => mcp_over_http(req, body, serve, out),
         (_, "/metrics") if in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT => {
             log::warn!("http: {in_flight} bytes of responses still being written, answering 503");
             (503, "text/plain; charset=utf-8", "Retry-After: 1\r\n")
@@ -398,11 +463,90 @@ pub fn respond(req: &Request<'_>, serve: &mut Serve<'_>, out: &mut Vec<u8>) -> u
         }
         _ => (404, "text/plain; charset=utf-8", ""),
     };
-    if status != 200 {
+    if status >= 400 && out.len() == HEAD_RESERVE {
         out.extend_from_slice(reason_phrase(status).as_bytes());
         out.push(b'\n');
     }
     finish_response(out, status, content_type, extra, req.close, head_only)
+}
+
+/// `POST /mcp`: one JSON-RPC message in, its answer out (see the module docs). Error bodies
+/// are plain text saying what to fix.
+fn mcp_over_http(
+    req: &Request<'_>,
+    body: &[u8],
+    serve: &Serve<'_>,
+    out: &mut Vec<u8>,
+) -> (u16, &'static str, &'static str) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method != Method::Post {
+        return (405, TEXT, "Allow: POST\r\n");
+    }
+    if let Some(origin) = req.origin {
+        if !same_origin(origin, req.host) {
+            log::warn!(
+                "mcp-http: refused a request from Origin {:?} (Host {:?}): 403",
+                origin.escape_debug().to_string(),
+                req.host.map(|h| h.escape_debug().to_string())
+            );
+            out.extend_from_slice(b"Forbidden: Origin does not match this server's Host\n");
+            return (403, TEXT, "");
+        }
+    }
+    if let Some(v) = req.mcp_protocol_version {
+        if !mcp::SUPPORTED_VERSIONS.contains(&v) {
+            out.extend_from_slice(b"Bad Request: unsupported MCP-Protocol-Version; supported: ");
+            out.extend_from_slice(mcp::SUPPORTED_VERSIONS.join(", ").as_bytes());
+            out.push(b'\n');
+            return (400, TEXT, "");
+        }
+    }
+    let json = req.content_type.is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    });
+    if !json {
+        out.extend_from_slice(b"Unsupported Media Type: POST /mcp takes application/json\n");
+        return (415, TEXT, "");
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        out.extend_from_slice(b"Bad Request: POST /mcp needs one JSON-RPC message as its body\n");
+        return (400, TEXT, "");
+    }
+    let busy = serve.in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT;
+    if !(busy && mcp::busy_response(body, out)) {
+        mcp::handle_line(body, serve.snap, serve.wall, out);
+    }
+    if out.len() == HEAD_RESERVE {
+        return (202, "application/json", ""); // a notification or a response: no answer
+    }
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    (200, "application/json", "")
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the same authority as the `Host` header,
+/// default ports aside. `null` and unparsable origins don't.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let authority = authority.trim_end_matches('/');
+    let strip = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix(default_port)
+            .map_or(a.clone(), str::to_owned)
+    };
+    !authority.is_empty() && strip(authority) == strip(host)
 }
 
 /// Builds an error response (the connection closes after it); returns where it starts.
@@ -435,6 +579,8 @@ pub struct Conn {
     close_after_write: bool,
     /// Requests answered on this connection.
     served: u64,
+    /// Bytes of head + body the request being read needs in `inbuf` (a `POST /mcp`).
+    need: usize,
     pub accepted_at: Instant,
     /// When this connection times out (idle, slow head, or stalled write).
     pub deadline: Instant,
@@ -452,6 +598,7 @@ impl Conn {
             out_pos: 0,
             close_after_write: false,
             served: 0,
+            need: 0,
             accepted_at: now,
             deadline: now + IDLE_TIMEOUT,
         }
@@ -562,9 +709,38 @@ impl Conn {
                 self.out_pos = 0;
             }
             match parse_head(&self.inbuf) {
+                Parse::Complete(req, len) if reads_body(&req, serve.mcp_http) => {
+                    let n = match req.body {
+                        Body::Length(n) if n <= mcp::MAX_LINE_BYTES as u64 => n as usize,
+                        Body::Length(_) => {
+                            log::debug!(
+                                "http: POST /mcp body over {} bytes, answering 413",
+                                mcp::MAX_LINE_BYTES
+                            );
+                            self.answer_error(413, now);
+                            continue;
+                        }
+                        Body::Encoded => {
+                            self.answer_error(411, now);
+                            continue;
+                        }
+                        Body::None => 0,
+                    };
+                    if self.inbuf.len() < len + n {
+                        self.need = len + n; // read on, under the head's deadline
+                    } else {
+                        self.need = 0;
+                        self.close_after_write = req.close;
+                        self.out_pos =
+                            respond(&req, &self.inbuf[len..len + n], serve, &mut self.out);
+                        self.inbuf.drain(..len + n);
+                        self.deadline = now + WRITE_TIMEOUT;
+                        continue;
+                    }
+                }
                 Parse::Complete(req, len) => {
-                    self.close_after_write = req.close;
-                    self.out_pos = respond(&req, serve, &mut self.out);
+                    self.close_after_write = req.close || req.body != Body::None;
+                    self.out_pos = respond(&req, &[], serve, &mut self.out);
                     self.inbuf.drain(..len);
                     self.deadline = now + WRITE_TIMEOUT;
                     continue;
@@ -580,7 +756,8 @@ impl Conn {
                 Parse::Incomplete => {}
             }
             let mut chunk = [0u8; 4096];
-            let room = (MAX_HEAD_BYTES + 4 - self.inbuf.len()).min(chunk.len());
+            let limit = (MAX_HEAD_BYTES + 4).max(self.need);
+            let room = limit.saturating_sub(self.inbuf.len()).min(chunk.len());
             match self.read_some(&mut chunk[..room]) {
                 Ok(0) => return Status::Close,
                 Ok(n) => {
@@ -597,6 +774,15 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Answers `status` and closes after it.
+    fn answer_error(&mut self, status: u16, now: Instant) {
+        self.close_after_write = true;
+        self.out_pos = respond_error(status, &mut self.out);
+        self.inbuf.clear();
+        self.need = 0;
+        self.deadline = now + WRITE_TIMEOUT;
     }
 
     /// Writes pending output; Ok(true) when all is written, Ok(false) on WouldBlock.
@@ -644,6 +830,11 @@ mod tests {
                 close: false,
                 gzip: false,
                 authorization: None,
+                body: Body::None,
+                host: None,
+                origin: None,
+                content_type: None,
+                mcp_protocol_version: None,
             }
         );
         assert_eq!(&buf[len..len + 3], b"GET");
@@ -733,9 +924,11 @@ mod tests {
                 security: &security,
                 process: &ProcessStats::default,
                 in_flight: 0,
+                mcp_http: false,
+                wall: std::time::SystemTime::UNIX_EPOCH,
             };
             let mut out = Vec::new();
-            let start = respond(&req, &mut serve, &mut out);
+            let start = respond(&req, &[], &mut serve, &mut out);
             String::from_utf8_lossy(&out[start..]).into_owned()
         };
         let denied = ask("GET /metrics HTTP/1.1\r\nHost: a\r\n");
@@ -813,6 +1006,8 @@ mod tests {
             security: Box::leak(Box::new(WebSecurity::default())),
             process: &ProcessStats::default,
             in_flight,
+            mcp_http: false,
+            wall: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -823,7 +1018,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(req, &mut serve(&snap, 0), &mut out);
+        let start = respond(req, &[], &mut serve(&snap, 0), &mut out);
         String::from_utf8(out[start..].to_vec()).unwrap()
     }
 
@@ -835,6 +1030,11 @@ mod tests {
             close: false,
             gzip: false,
             authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         assert_eq!(
             response(&get("/healthz")),
@@ -851,7 +1051,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(&get("/-/ready"), &mut serve(&snap, 0), &mut out);
+        let start = respond(&get("/-/ready"), &[], &mut serve(&snap, 0), &mut out);
         assert_eq!(
             &out[start..],
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\nService Unavailable\n"
@@ -861,7 +1061,7 @@ mod tests {
             false,
             std::time::SystemTime::UNIX_EPOCH,
         );
-        let start = respond(&get("/-/ready"), &mut serve(&snap, 0), &mut out);
+        let start = respond(&get("/-/ready"), &[], &mut serve(&snap, 0), &mut out);
         assert!(out[start..].ends_with(b"\r\n\r\nsigma-agent-lite is Ready.\n"));
         assert_eq!(
             response(&get("/nope")),
@@ -873,6 +1073,11 @@ mod tests {
             close: true,
             gzip: false,
             authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         assert_eq!(
             response(&post),
@@ -884,6 +1089,11 @@ mod tests {
             close: false,
             gzip: false,
             authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         let text = response(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
@@ -907,10 +1117,10 @@ mod tests {
         );
         let mut out = Vec::new();
         let busy = MAX_RESPONSE_BYTES_IN_FLIGHT + 1;
-        let start = respond(&get("/metrics"), &mut serve(&snap, busy), &mut out);
+        let start = respond(&get("/metrics"), &[], &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(String::from_utf8_lossy(&out[start..]).contains("Retry-After: 1\r\n"));
-        let start = respond(&get("/healthz"), &mut serve(&snap, busy), &mut out);
+        let start = respond(&get("/healthz"), &[], &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 200 OK\r\n"));
 
         let mut out = Vec::new();
