@@ -107,7 +107,7 @@ fn start(bin: &str, routes: &std::path::Path, log: &std::path::Path) -> Agent {
 
 /// One request on a fresh connection (setup only).
 fn get(addr: SocketAddr, path: &str, gzip: bool) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut conn = Conn { s, buf: Vec::new() };
     conn.request(path, gzip)
