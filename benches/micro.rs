@@ -116,6 +116,7 @@ fn filled_snapshot(n: usize) -> Snapshot {
                     address: None,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 },
                 t0,
             );
@@ -245,6 +246,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: Some("Connection refused (os error 111)".into()),
+                    addresses: None,
                 }
             } else {
                 ProbeResult {
@@ -254,6 +256,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 }
             };
             snap.record(i, result, at);
