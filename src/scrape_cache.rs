@@ -123,6 +123,7 @@ mod tests {
                 address: None,
                 dns_duration: None,
                 detail: None,
+                addresses: None,
             },
             t0,
         );
