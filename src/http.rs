@@ -831,7 +831,7 @@ mod tests {
                 gzip: false,
                 authorization: None,
                 body: Body::None,
-                host: None,
+                host: Some("a"),
                 origin: None,
                 content_type: None,
                 mcp_protocol_version: None,
@@ -853,22 +853,31 @@ mod tests {
                 .0
                 .close
         );
-        assert!(
-            complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
-                .0
-                .close
-        );
-        assert!(
-            !complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
-                .0
-                .close
-        );
+        // A body is announced (the connection decides to read it or to close after answering).
+        let (req, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!((req.close, req.body), (false, Body::Length(3)));
+        let (req, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!((req.close, req.body), (false, Body::None));
+        let chunked = b"POST /mcp HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(complete(chunked).0.body, Body::Encoded);
+        // Smuggling shapes: two lengths, or a length and a transfer coding.
+        for bad in [
+            &b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(bad), Parse::Error(400));
+        }
         assert_eq!(
             complete(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
             Method::Head
         );
         assert_eq!(
             complete(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
+            Method::Post
+        );
+        assert_eq!(
+            complete(b"PUT / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
             Method::Other
         );
     }
