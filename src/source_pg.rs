@@ -295,7 +295,7 @@ impl PgSource {
         pgpassword: Option<&str>,
     ) -> Result<PgSource, String> {
         let info = pg_conninfo::parse(database_url, pgpassword)
-            .map_err(|e| format!("database URL {e}"))?;
+            .map_err(|e| format!("database URL: {e}"))?;
         if hostname.is_empty() {
             return Err("the hostname to register as is empty".into());
         }
