@@ -104,6 +104,9 @@ pub struct Agent {
     source: RouteSource,
     /// A cycle is due and waits for the route source's fetch (at most its deadline).
     cycle_waits: bool,
+    /// The source has answered once (found this VPS or not): a first "not registered" is
+    /// worth a warning.
+    source_answered: bool,
     snapshot: RefCell<Snapshot>,
 }
 
@@ -152,6 +155,20 @@ impl Agent {
             None => ResolverConfig::system(),
         });
         let now = Instant::now();
+        let mut prober = Prober::new(
+            resolver,
+            config.health_probe,
+            config.interval,
+            config.timeout,
+            now,
+        );
+        if let Some(db) = &config.database {
+            prober.set_phase(
+                phase_of(&db.hostname, config.interval),
+                now,
+                SystemTime::now(),
+            );
+        }
         Ok(Agent {
             poll,
             signals,
@@ -162,15 +179,10 @@ impl Agent {
             // Stdin may hold input already (a file, a pipe written before we started).
             again: vec![STDIN],
             next_token: FIRST_DYNAMIC_TOKEN,
-            prober: Prober::new(
-                resolver,
-                config.health_probe,
-                config.interval,
-                config.timeout,
-                now,
-            ),
+            prober,
             source,
             cycle_waits: false,
+            source_answered: false,
             snapshot: RefCell::new(snapshot),
         })
     }
@@ -353,12 +365,14 @@ impl Agent {
             Refresh::Unchanged => return false,
             Refresh::Routes(routes) => {
                 snap.source.vps_registered = true;
+                self.source_answered = true;
                 routes
             }
             Refresh::NotRegistered(message) => {
-                if snap.source.vps_registered || !snap.source.up {
+                if snap.source.vps_registered || !self.source_answered {
                     log::warn!("{message}");
                 }
+                self.source_answered = true;
                 snap.source.vps_registered = false;
                 Vec::new()
             }
@@ -558,6 +572,18 @@ impl Agent {
             }
         }
     }
+}
+
+/// This host's place in the interval: a hash of its name (FNV-1a), so it stays the same
+/// across restarts and differs across a fleet.
+pub fn phase_of(hostname: &str, interval: Duration) -> Duration {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in hostname.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let millis = interval.as_millis().max(1) as u64;
+    Duration::from_millis(hash % millis)
 }
 
 fn listen(
