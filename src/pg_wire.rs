@@ -274,7 +274,9 @@ impl Session {
         }
         self.input.extend_from_slice(bytes);
         let result = self.handle_input();
-        if result.is_err() {
+        // A cycle that ended in a server error leaves the session idle and usable (the
+        // transaction was rolled back); any other error leaves it broken.
+        if result.is_err() && self.phase != Phase::Idle {
             self.phase = Phase::Broken;
         }
         result
@@ -325,6 +327,7 @@ impl Session {
                     Message::NotificationResponse(_) => {}
                     Message::ErrorResponse(body) => {
                         // e.g. FATAL 57P01 on a server shutdown, sent to idle sessions.
+                        self.phase = Phase::Broken;
                         return Err(WireError::Server(server_error(&body)?));
                     }
                     other => {
@@ -814,6 +817,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The transaction was rolled back: the session is idle and takes the next cycle.
+        assert_eq!(s.phase(), Phase::Idle);
+        s.start_cycle(&CYCLE).unwrap();
     }
 
     #[test]
@@ -940,6 +946,7 @@ mod tests {
             Err(e) => assert!(e.is_connection_lost(), "{e:?}"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(s.phase(), Phase::Broken);
     }
 
     #[test]

@@ -387,6 +387,13 @@ impl PgSource {
         self.backoff
     }
 
+    /// Whether the connection is open and ready for a cycle.
+    fn idle(&self) -> bool {
+        self.conn.as_ref().is_some_and(
+            |c| matches!(&c.stage, Stage::Open { session, .. } if session.phase() == Phase::Idle),
+        )
+    }
+
     /// Whether a fetch is in progress.
     pub fn fetching(&self) -> bool {
         self.fetch.is_some()
@@ -399,6 +406,8 @@ impl PgSource {
 
     /// When [`PgSource::on_deadline`] must be called at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
+        // An idle connection between fetches waits for nothing.
+        self.fetch.as_ref()?;
         let conn = self.conn.as_ref()?;
         match &conn.stage {
             Stage::Resolving(lookup) => Some(
@@ -422,7 +431,7 @@ impl PgSource {
         if self.fetch.is_some() {
             return None;
         }
-        if self.conn.is_none() && self.next_attempt.is_some_and(|due| now < due) {
+        if self.next_attempt.is_some_and(|due| now < due) {
             return Some(Fetch::Backoff);
         }
         let reused = self.conn.as_ref().is_some_and(
@@ -483,9 +492,13 @@ impl PgSource {
         let step = if expired {
             let (doing, bound) = match &conn.stage {
                 Stage::Open { session, .. } if session.phase() == Phase::Reading => {
-                    (conn.stage.doing(), "QUERY_TIMEOUT")
+                    (conn.stage.doing().to_owned(), "QUERY_TIMEOUT")
                 }
-                stage => (stage.doing(), "CONNECT_TIMEOUT"),
+                Stage::Resolving(_) => (
+                    format!("resolving '{}'", self.tls_host().escape_debug()),
+                    "CONNECT_TIMEOUT",
+                ),
+                stage => (format!("{} {}", stage.doing(), conn.addr), "CONNECT_TIMEOUT"),
             };
             let limit = if bound == "QUERY_TIMEOUT" {
                 QUERY_TIMEOUT
@@ -557,7 +570,16 @@ impl PgSource {
                 self.classify(read)
             }
             Err(failure) => {
-                self.drop_conn(registry);
+                // A cycle the server refused (a statement timeout, a permission error) leaves
+                // the connection idle and sound: keep it, and save a reconnect (and its SCRAM
+                // work) for the next attempt.
+                if self.idle() {
+                    if let Some(conn) = &mut self.conn {
+                        conn.deadline = None;
+                    }
+                } else {
+                    self.drop_conn(registry);
+                }
                 let cap = self
                     .backoff
                     .map_or(BACKOFF_MIN, |d| d.saturating_mul(2).min(BACKOFF_MAX));
