@@ -115,6 +115,7 @@ fn filled_snapshot(n: usize) -> Snapshot {
                     address: None,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 },
                 t0,
             );
@@ -197,6 +198,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: Some("Connection refused (os error 111)".into()),
+                    addresses: None,
                 }
             } else {
                 ProbeResult {
@@ -206,6 +208,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 }
             };
             snap.record(i, result, at);
