@@ -498,7 +498,10 @@ impl PgSource {
                     format!("resolving '{}'", self.tls_host().escape_debug()),
                     "CONNECT_TIMEOUT",
                 ),
-                stage => (format!("{} {}", stage.doing(), conn.addr), "CONNECT_TIMEOUT"),
+                stage => (
+                    format!("{} {}", stage.doing(), conn.addr),
+                    "CONNECT_TIMEOUT",
+                ),
             };
             let limit = if bound == "QUERY_TIMEOUT" {
                 QUERY_TIMEOUT

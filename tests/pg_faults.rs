@@ -106,7 +106,11 @@ fn hold_during_fault(agent: &mut Agent, what: &str, min_cycles: f64) -> Duration
     let mut scrapes = 0;
     let mut mcp_took = None;
     while started.elapsed() < FAULT_WINDOW {
-        let path = if scrapes % 2 == 0 { "/metrics" } else { "/healthz" };
+        let path = if scrapes % 2 == 0 {
+            "/metrics"
+        } else {
+            "/healthz"
+        };
         let t = Instant::now();
         let r = agent.get(path);
         let took = t.elapsed();
@@ -125,7 +129,10 @@ fn hold_during_fault(agent: &mut Agent, what: &str, min_cycles: f64) -> Duration
          {mcp_took:?}; probe cycles {before} -> {after}"
     );
     assert!(slowest < SCRAPE_BOUND, "{what}: a scrape took {slowest:?}");
-    assert!(mcp_took < SCRAPE_BOUND, "{what}: tools/call took {mcp_took:?}");
+    assert!(
+        mcp_took < SCRAPE_BOUND,
+        "{what}: tools/call took {mcp_took:?}"
+    );
     assert!(
         after - before >= min_cycles,
         "{what}: only {} cycles in {FAULT_WINDOW:?}\n{}",
@@ -178,7 +185,11 @@ fn stopped_database() {
     hold_during_fault(&mut agent, "stopped database", 2.0);
     let m = agent.metrics();
     assert_eq!(sample(&m, "sigma_route_source_up"), Some(0.0));
-    assert_eq!(sample(&m, &series), Some(1.0), "the known route is still probed");
+    assert_eq!(
+        sample(&m, &series),
+        Some(1.0),
+        "the known route is still probed"
+    );
     drop(_resume);
     agent.wait_metrics(Duration::from_secs(75), |m| {
         sample(m, "sigma_route_source_up") == Some(1.0)
@@ -246,7 +257,9 @@ fn one_thread_one_epoll() {
     let agent = start(&pg.agent_url(DB), "one-thread-vps", &[]);
     agent.wait_metrics(WAIT, |m| sample(m, "sigma_routes") == Some(1.0));
     let pid = agent.child.id();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
     let epolls = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -280,6 +293,9 @@ fn stray_at_in_the_password_is_refused_before_any_lookup() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("%40"), "{stderr}");
-    assert!(!stderr.contains("pa@") && !stderr.contains("ss@db"), "{stderr}");
+    assert!(
+        !stderr.contains("pa@") && !stderr.contains("ss@db"),
+        "{stderr}"
+    );
     assert_eq!(dns.udp_queries() + dns.tcp_queries(), 0);
 }

@@ -136,7 +136,13 @@ fn notices_and_parameter_status_between_every_message() {
 
 #[test]
 fn server_drops_the_connection_mid_pipeline() {
-    let half = [complete("BEGIN"), ready(b'T'), msg(b'1', &[]), msg(b'2', &[])].concat();
+    let half = [
+        complete("BEGIN"),
+        ready(b'T'),
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+    ]
+    .concat();
     let (port, server) = fake_server(half, true, 1);
     let mut src = Driven::new(PgSource::new(&url(port), "vps-1", None).unwrap());
     let started = Instant::now();
@@ -165,7 +171,10 @@ fn an_error_in_the_middle_of_the_pipeline_is_the_one_reported() {
     let mut src = Driven::new(PgSource::new(&url(port), "vps-1", None).unwrap());
     match src.fetch(Instant::now()) {
         Fetch::Failed(e) => {
-            assert!(e.contains("XX000") && e.contains("registration query broke"), "{e}");
+            assert!(
+                e.contains("XX000") && e.contains("registration query broke"),
+                "{e}"
+            );
             assert!(!e.contains("25P02"), "{e}");
         }
         other => panic!("{other:?}"),
