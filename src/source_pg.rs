@@ -43,9 +43,8 @@ use postgres_protocol::message::frontend;
 
 use crate::dns::{DnsFailure, Lookup, Resolver, ResolverConfig, Rng, Start};
 use crate::pg_conninfo::{self, ConnInfo, Target, MAX_PGPASS_BYTES};
-use crate::pg_tls::SslMode;
 #[cfg(feature = "tls")]
-use crate::pg_tls::TlsClient;
+use crate::pg_tls::{SslMode, TlsClient};
 use crate::pg_wire::{self, Phase, Progress, Session, WireError};
 use crate::route::{Route, MAX_FIELD_LEN, MAX_ROUTES};
 
