@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::dns::{Resolver, ResolverConfig};
+use crate::envoy_admin::EnvoyAdmin;
 use crate::http;
 use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
@@ -101,6 +102,9 @@ pub struct Agent {
     again: Vec<Token>,
     next_token: usize,
     prober: Prober,
+    /// Envoy admin reads, started with each probe cycle.
+    envoy: EnvoyAdmin,
+    interval: Duration,
     source: RouteSource,
     snapshot: RefCell<Snapshot>,
 }
@@ -167,6 +171,8 @@ impl Agent {
                 config.timeout,
                 now,
             ),
+            envoy: EnvoyAdmin::new(),
+            interval: config.interval,
             source,
             snapshot: RefCell::new(snapshot),
         })
@@ -227,6 +233,10 @@ impl Agent {
                         let snap = &mut *self.snapshot.borrow_mut();
                         self.prober.on_event(now, wall, self.poll.registry(), snap);
                     }
+                    token if self.envoy.owns(token) => {
+                        let snap = &mut *self.snapshot.borrow_mut();
+                        self.envoy.on_event(token, self.poll.registry(), now, snap);
+                    }
                     token => {
                         if self.drive(token, now) == Flow::Stop {
                             return Ok(());
@@ -239,6 +249,8 @@ impl Agent {
 
     /// Everything that is due at `now`: expired connections, probes and cycles.
     fn sweep(&mut self, mut now: Instant) {
+        self.envoy
+            .expire(now, self.poll.registry(), &mut self.snapshot.borrow_mut());
         // Connections rarely expire: look before collecting, so a wake-up allocates nothing.
         if self.entries.values().any(|e| e.deadline() <= now) {
             let expired: Vec<Token> = self
@@ -272,6 +284,7 @@ impl Agent {
                     // A database fetch blocks: the cycle's probes get deadlines from after it.
                     now = Instant::now();
                     self.prober.start_cycle(now);
+                    self.start_envoy_reads(now);
                 }
             }
         }
@@ -279,7 +292,23 @@ impl Agent {
 
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.entries.values().map(Entry::deadline);
-        conns.chain(self.prober.next_deadline()).min()
+        conns
+            .chain(self.prober.next_deadline())
+            .chain(self.envoy.next_deadline())
+            .min()
+    }
+
+    /// Starts this cycle's reads of the nodes' Envoy admin interfaces (`envoy_admin.rs`).
+    fn start_envoy_reads(&mut self, now: Instant) {
+        let snap = &mut *self.snapshot.borrow_mut();
+        let next_token = &mut self.next_token;
+        let mut tokens = || {
+            let t = Token(*next_token);
+            *next_token += 1;
+            t
+        };
+        self.envoy
+            .start_cycle(snap, self.poll.registry(), now, self.interval, &mut tokens);
     }
 
     /// Reads the route source again; a changed set replaces the snapshot's routes.
