@@ -310,10 +310,7 @@ fn envoy_answer(n: usize) -> Vec<u8> {
         "{{\n \"cluster_statuses\": [\n{}\n ]\n}}\n",
         clusters.join(",\n")
     );
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nserver: envoy\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nserver: envoy\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for piece in body.as_bytes().chunks(16 * 1024) {
         out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         out.extend_from_slice(piece);
