@@ -396,11 +396,6 @@ impl PgSource {
         )
     }
 
-    /// Whether a fetch is in progress.
-    pub fn fetching(&self) -> bool {
-        self.fetch.is_some()
-    }
-
     /// Whether `token` is this source's (its socket or its name lookup).
     pub fn owns(&self, token: Token) -> bool {
         self.conn.as_ref().is_some_and(|c| c.token == token)
@@ -436,9 +431,7 @@ impl PgSource {
         if self.next_attempt.is_some_and(|due| now < due) {
             return Some(Fetch::Backoff);
         }
-        let reused = self.conn.as_ref().is_some_and(
-            |c| matches!(&c.stage, Stage::Open { session, .. } if session.phase() == Phase::Idle),
-        );
+        let reused = self.idle();
         if !reused {
             // A half-open connection from before (cannot happen between fetches, but be sure).
             self.drop_conn(registry);
@@ -489,26 +482,26 @@ impl PgSource {
         registry: &Registry,
         tokens: &mut dyn FnMut() -> Token,
     ) -> Option<Fetch> {
+        self.fetch.as_ref()?;
         let conn = self.conn.as_mut()?;
         let expired = conn.deadline.is_some_and(|d| now >= d);
         let step = if expired {
-            let (doing, bound) = match &conn.stage {
-                Stage::Open { session, .. } if session.phase() == Phase::Reading => {
-                    (conn.stage.doing().to_owned(), "QUERY_TIMEOUT")
-                }
+            let (doing, bound, limit) = match &conn.stage {
+                Stage::Open { session, .. } if session.phase() == Phase::Reading => (
+                    conn.stage.doing().to_owned(),
+                    "QUERY_TIMEOUT",
+                    QUERY_TIMEOUT,
+                ),
                 Stage::Resolving(_) => (
                     format!("resolving '{}'", self.tls_host().escape_debug()),
                     "CONNECT_TIMEOUT",
+                    CONNECT_TIMEOUT,
                 ),
                 stage => (
                     format!("{} {}", stage.doing(), conn.addr),
                     "CONNECT_TIMEOUT",
+                    CONNECT_TIMEOUT,
                 ),
-            };
-            let limit = if bound == "QUERY_TIMEOUT" {
-                QUERY_TIMEOUT
-            } else {
-                CONNECT_TIMEOUT
             };
             Err(Failure::new(format!(
                 "no answer within {} ms while {doing} ({bound})",
