@@ -431,7 +431,7 @@ fn render_envoy(snap: &Snapshot, out: &mut Vec<u8>) {
         if let Some(d) = n.fetch_duration {
             node_series(out, ENVOY_ADMIN_FETCH_DURATION, &n.node);
             out.push(b' ');
-            write_f64(out, d.as_secs_f64());
+            write_seconds(out, d);
             out.push(b'\n');
         }
     }
