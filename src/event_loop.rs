@@ -116,6 +116,9 @@ pub struct Agent {
     /// A cycle is due and waits for the route source's fetch, until this instant at the
     /// latest ([`FETCH_WAIT`]); then it probes the routes already known.
     cycle_waits: Option<Instant>,
+    /// The route set was just read outside a cycle (SIGHUP, a late fetch) and the cycle
+    /// restarted with it: the next cycle need not read the source again.
+    routes_fresh: bool,
     /// The source has answered once (found this VPS or not): a first "not registered" is
     /// worth a warning.
     source_answered: bool,
@@ -196,6 +199,7 @@ impl Agent {
             interval: config.interval,
             source,
             cycle_waits: None,
+            routes_fresh: false,
             source_answered: false,
             snapshot: RefCell::new(snapshot),
         })
@@ -338,6 +342,9 @@ impl Agent {
             match advance {
                 Advance::Wait => break,
                 // The cycle starts once the source has answered (at once for a file).
+                Advance::CycleDue if std::mem::take(&mut self.routes_fresh) => {
+                    self.start_cycle(now);
+                }
                 Advance::CycleDue => {
                     self.cycle_waits = Some(now + FETCH_WAIT);
                     self.refresh_routes(false, now);
@@ -402,6 +409,7 @@ impl Agent {
         if self.cycle_waits.take().is_some() {
             self.start_cycle(now);
         } else if changed {
+            self.routes_fresh = true;
             self.prober.restart(self.poll.registry(), now);
         }
     }
