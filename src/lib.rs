@@ -7,6 +7,7 @@ pub mod dns;
 pub mod event_loop;
 pub mod http;
 pub mod json;
+pub mod logging;
 pub mod mcp;
 pub mod mcp_peer;
 pub mod metrics;

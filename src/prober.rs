@@ -9,6 +9,15 @@
 //! a spurious wake-up: keep waiting). A probe that never gets an event ends when the loop's
 //! sweep finds its deadline passed. Everything takes `now` as an argument.
 //!
+//! Two rules keep a backend's reported state about the backend:
+//! - A probe the agent could not run for want of its own resources (no file descriptor,
+//!   buffer or memory for the socket) is not a backend failure: the route keeps its last
+//!   result, `Snapshot::agent_errors.probe` counts it, and one warning says so when it starts.
+//! - A completed TCP handshake is "reachable", even when the backend resets the connection
+//!   before we look: the connect then reports ECONNRESET (or EPIPE after a FIN), which only an
+//!   established connection can get (a reset during the handshake is ECONNREFUSED). So a
+//!   backend that accepts and resets at once is up every time, whatever the timing.
+//!
 //! A backend given by name is first resolved by the agent's own resolver (`dns.rs`) on the
 //! same loop; the lookup and the connect share the route's one deadline. Latency is the
 //! connect time alone; the lookup time is reported apart.
@@ -80,6 +89,9 @@ pub struct Prober {
     next_cycle: Instant,
     cycle: Option<Cycle>,
     inflight: Option<InFlight>,
+    /// Probes skipped in a row for lack of the agent's own resources (logged when it starts
+    /// and when it ends).
+    skipped: u64,
 }
 
 impl Prober {
@@ -99,6 +111,7 @@ impl Prober {
             next_cycle: now,
             cycle: None,
             inflight: None,
+            skipped: 0,
         }
     }
 
@@ -223,10 +236,7 @@ impl Prober {
                                 ..f
                             })
                         }
-                        Err(e) => {
-                            let e = DnsFailure::Error(format!("cannot watch the lookup: {e}"));
-                            record(snap, index, dns_failure(Duration::ZERO, &e), wall);
-                        }
+                        Err(e) => self.skip(snap, index, &e),
                     }
                 }
             }
@@ -282,31 +292,60 @@ impl Prober {
         wall: SystemTime,
         next_token: &mut impl FnMut() -> Token,
     ) {
-        let attempt = TcpStream::connect(address).and_then(|mut stream| {
-            let token = next_token();
-            registry.register(&mut stream, token, Interest::WRITABLE)?;
-            Ok((stream, token))
-        });
-        match attempt {
-            Ok((stream, token)) => {
-                self.inflight = Some(InFlight {
-                    token,
-                    stage: Stage::Connecting {
-                        stream,
-                        address,
-                        connect_started: now,
-                        dns,
-                    },
-                    ..f
-                });
-            }
+        let mut stream = match TcpStream::connect(address) {
+            Ok(stream) => stream,
+            Err(e) if is_agent_shortage(&e) => return self.skip(snap, f.index, &e),
             Err(e) => {
+                self.resumed();
                 let result = ProbeResult {
                     dns_duration: dns,
                     ..from_error(&e, address)
                 };
                 record(snap, f.index, result, wall);
+                return;
             }
+        };
+        let token = next_token();
+        if let Err(e) = registry.register(&mut stream, token, Interest::WRITABLE) {
+            // epoll could not take the socket: the agent's failure, whatever the errno.
+            return self.skip(snap, f.index, &e);
+        }
+        self.resumed();
+        self.inflight = Some(InFlight {
+            token,
+            stage: Stage::Connecting {
+                stream,
+                address,
+                connect_started: now,
+                dns,
+            },
+            ..f
+        });
+    }
+
+    /// A probe of route `index` not run for want of the agent's own resources: counted apart,
+    /// the route keeps its last result, and a warning is logged when such a run starts.
+    fn skip(&mut self, snap: &mut Snapshot, index: usize, e: &io::Error) {
+        snap.agent_errors.probe += 1;
+        if self.skipped == 0 {
+            let route = snap.routes.get(index).map_or_else(String::new, |s| {
+                format!(" ({}/{})", s.route.node, s.route.name)
+            });
+            log::warn!(
+                "cannot open a probe socket{route}: {e}: the agent is short of resources, not the backend; keeping each backend's last state until probes run again (counted in sigma_agent_resource_errors_total{{op=\"probe\"}})"
+            );
+        }
+        self.skipped += 1;
+    }
+
+    /// A probe socket was opened: ends a run of skipped probes.
+    fn resumed(&mut self) {
+        if self.skipped > 0 {
+            log::info!(
+                "probe sockets available again after {} skipped probes",
+                self.skipped
+            );
+            self.skipped = 0;
         }
     }
 
@@ -356,6 +395,14 @@ impl Prober {
                     address: Some(*address),
                     dns_duration: *dns,
                     detail: None,
+                }),
+                Connect::Done(Err(e)) if handshake_completed(&e) => Some(ProbeResult {
+                    outcome: Outcome::Reachable {
+                        latency: now.saturating_duration_since(*connect_started),
+                    },
+                    address: Some(*address),
+                    dns_duration: *dns,
+                    detail: Some(format!("connected, then the backend closed it: {e}")),
                 }),
                 Connect::Done(Err(e)) => Some(ProbeResult {
                     dns_duration: *dns,
@@ -493,6 +540,21 @@ pub fn reason_for(e: &io::Error) -> Reason {
         Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => Reason::Unreachable,
         _ => Reason::Error,
     }
+}
+
+/// The agent itself is short of something a socket needs: descriptors (EMFILE for the
+/// process, ENFILE for the system), buffers or memory. Not a fact about the backend.
+fn is_agent_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A connect error only an established connection can get: reset (ECONNRESET) or, after the
+/// backend's FIN, EPIPE. During the handshake a reset is ECONNREFUSED.
+fn handshake_completed(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE))
 }
 
 fn from_error(e: &io::Error, address: SocketAddr) -> ProbeResult {
