@@ -115,6 +115,7 @@ fn filled_snapshot(n: usize) -> Snapshot {
                     address: None,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 },
                 t0,
             );
@@ -198,6 +199,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: Some("Connection refused (os error 111)".into()),
+                    addresses: None,
                 }
             } else {
                 ProbeResult {
@@ -207,6 +209,7 @@ fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
                     address,
                     dns_duration: None,
                     detail: None,
+                    addresses: None,
                 }
             };
             snap.record(i, result, at);

@@ -206,14 +206,17 @@ check_env_template() {
 }
 
 check_routes_example() {
-  # NODE ROUTE LISTEN_PORT HOST:PORT; HOST a name, IPv4 or [IPv6].
+  # NODE ROUTE LISTEN_PORT HOST:PORT [KEY=VALUE...]; HOST a name, IPv4 or [IPv6].
   awk '
     /^[[:space:]]*(#|$)/ { next }
     {
       n++
-      ok = NF == 4 && $3 ~ /^[0-9]+$/ && $3 >= 1 && $3 <= 65535 &&
+      ok = NF >= 4 && $3 ~ /^[0-9]+$/ && $3 >= 1 && $3 <= 65535 &&
            ($4 ~ /^[A-Za-z0-9.-]+:[0-9]+$/ || $4 ~ /^\[[0-9A-Fa-f:.]+\]:[0-9]+$/)
       if (ok) { split($4, a, ":"); p = a[length(a)]; ok = p >= 1 && p <= 65535 }
+      for (i = 5; ok && i <= NF; i++)
+        ok = $i ~ /^admin_port=[0-9]+$/ || $i ~ /^cluster_type=(static|strict_dns|logical_dns)$/ ||
+             $i ~ /^connect_timeout=[0-9.]+(ms|s)?$/
       if (!ok) { printf "%s:%d: bad route: %s\n", FILENAME, NR, $0 > "/dev/stderr"; bad = 1 }
     }
     END { if (!bad) printf "%d routes OK\n", n; exit bad }

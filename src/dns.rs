@@ -1006,6 +1006,8 @@ pub struct Resolver {
     resolv_stamp: FileStamp,
     hosts_stamp: FileStamp,
     warnings: Vec<String>,
+    /// Every address of the last answer `start_walk` gave at once, for `start_all`.
+    last_answer: Vec<IpAddr>,
 }
 
 /// What [`Resolver::start`] gives.
@@ -1039,6 +1041,7 @@ impl Resolver {
             resolv_stamp: None,
             hosts_stamp: None,
             warnings: Vec::new(),
+            last_answer: Vec::new(),
         };
         resolver.load_hosts();
         if resolver.config.server.is_none() {
@@ -1117,14 +1120,41 @@ impl Resolver {
 
     /// Starts resolving `name`: IP literal, hosts file, cache, then network.
     pub fn start(&mut self, name: &str, now: Instant) -> Start {
+        self.start_all(name, now).0
+    }
+
+    /// As [`Resolver::start`], and when the answer is known at once, every address of it
+    /// (at most [`MAX_ADDRS_PER_ANSWER`], in answer order; the first is the one `start`
+    /// gives). For a pending lookup, [`Lookup::addresses`] gives them once it ends. This is
+    /// what a strict_dns route needs: Envoy balances across every address of the answer.
+    pub fn start_all(&mut self, name: &str, now: Instant) -> (Start, Vec<IpAddr>) {
         let name = name.trim();
         if let Ok(ip) = name.parse::<IpAddr>() {
-            return Start::Done(Ok(ip));
+            return (Start::Done(Ok(ip)), vec![ip]);
         }
         if let Some(ip) = self.hosts.first(name) {
+            // As a lookup prefers A records: the IPv4 addresses when there are any.
+            let all: Vec<IpAddr> = self
+                .hosts
+                .lookup(name)
+                .unwrap_or_default()
+                .iter()
+                .filter(|a| a.is_ipv4() == ip.is_ipv4())
+                .take(MAX_ADDRS_PER_ANSWER)
+                .copied()
+                .collect();
             log::debug!("dns: {name} -> {ip} from hosts file");
-            return Start::Done(Ok(ip));
+            return (Start::Done(Ok(ip)), all);
         }
+        let start = self.start_walk(name, now);
+        let all = match &start {
+            Start::Done(Ok(_)) => std::mem::take(&mut self.last_answer),
+            _ => Vec::new(),
+        };
+        (start, all)
+    }
+
+    fn start_walk(&mut self, name: &str, now: Instant) -> Start {
         if let Err(e) = validate_name(name) {
             return Start::Done(Err(DnsFailure::Error(format!(
                 "invalid name {name:?}: {e}"
@@ -1136,9 +1166,11 @@ impl Resolver {
             qtype: QType::A,
             nodata: false,
             servfail: false,
+            answer: Vec::new(),
         };
         if let Some(done) = self.walk_cache(&mut walk, now) {
             log::debug!("dns: {name} from cache: {done:?}");
+            self.last_answer = std::mem::take(&mut walk.answer);
             return Start::Done(done);
         }
         Lookup::begin(self, walk, now)
@@ -1168,6 +1200,8 @@ struct Walk {
     /// Some candidate exists but had no address of the type asked.
     nodata: bool,
     servfail: bool,
+    /// Every address of the answer that ended the walk (the first is the result).
+    answer: Vec<IpAddr>,
 }
 
 impl Walk {
@@ -1186,7 +1220,11 @@ impl Walk {
     ) -> Option<Result<IpAddr, DnsFailure>> {
         match result {
             Ok(addrs) => match addrs.first() {
-                Some(ip) => return Some(Ok(*ip)),
+                Some(ip) => {
+                    let ip = *ip;
+                    self.answer = addrs;
+                    return Some(Ok(ip));
+                }
                 None => self.no_address(),
             },
             Err(DnsFailure::NoAddress) => self.no_address(),
@@ -1335,9 +1373,18 @@ impl Lookup {
             token: None,
         };
         match lookup.start_query(res, None, now) {
-            Some(done) => Start::Done(done),
+            Some(done) => {
+                res.last_answer = std::mem::take(&mut lookup.walk.answer);
+                Start::Done(done)
+            }
             None => Start::Pending(Box::new(lookup)),
         }
+    }
+
+    /// Every address of the answer, once `on_ready`/`on_timeout` returned `Some(Ok(ip))`
+    /// (`ip` is the first); empty before that or after a failure.
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.walk.answer
     }
 
     /// The name being queried now (a search candidate), for logs.
@@ -2299,6 +2346,7 @@ mod tests {
             qtype: QType::A,
             nodata: false,
             servfail: false,
+            answer: Vec::new(),
         };
         assert_eq!(walk.apply(Err(DnsFailure::NxDomain)), None);
         assert_eq!(walk.current(), Some(("x", QType::A)));
@@ -2315,6 +2363,7 @@ mod tests {
             qtype: QType::A,
             nodata: false,
             servfail: false,
+            answer: Vec::new(),
         };
         assert_eq!(
             walk.apply(Err(DnsFailure::ServFail)),
@@ -2326,6 +2375,7 @@ mod tests {
             qtype: QType::A,
             nodata: false,
             servfail: false,
+            answer: Vec::new(),
         };
         assert_eq!(
             walk.apply(Err(DnsFailure::Timeout)),

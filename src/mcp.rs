@@ -923,6 +923,7 @@ mod tests {
                 address: Some("192.0.2.10:443".parse().unwrap()),
                 dns_duration: None,
                 detail: None,
+                addresses: None,
             },
             t0() + secs(1),
         );
@@ -933,6 +934,7 @@ mod tests {
                 address: Some("198.51.100.7:5432".parse().unwrap()),
                 dns_duration: Some(Duration::from_millis(3)),
                 detail: Some("Connection refused (os error 111)".into()),
+                addresses: None,
             },
             t0() + secs(2),
         );

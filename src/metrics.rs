@@ -22,6 +22,8 @@ pub const BACKEND_REACHABLE: &str = "sigma_backend_reachable";
 pub const BACKEND_LATENCY_MS: &str = "sigma_backend_probe_latency_ms";
 pub const BACKEND_FAILURES: &str = "sigma_backend_probe_failures_total";
 pub const BACKEND_DNS_SECONDS: &str = "sigma_backend_dns_lookup_seconds";
+pub const BACKEND_ADDRESSES: &str = "sigma_backend_addresses";
+pub const BACKEND_ADDRESSES_REACHABLE: &str = "sigma_backend_addresses_reachable";
 pub const CYCLES: &str = "sigma_probe_cycles_total";
 pub const OVERRUNS: &str = "sigma_probe_cycle_overruns_total";
 pub const CYCLE_DURATION: &str = "sigma_probe_cycle_duration_seconds";
@@ -170,6 +172,35 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
             series(out, BACKEND_DNS_SECONDS, s, None);
             out.push(b' ');
             write_f64(out, d.as_secs_f64());
+            out.push(b'\n');
+        }
+    }
+    let counts = |s: &RouteState| s.last.as_ref().and_then(|(r, _)| r.addresses);
+    family(
+        out,
+        BACKEND_ADDRESSES,
+        "gauge",
+        "strict_dns routes: addresses the backend's name resolved to in the last probe (each is probed).",
+    );
+    for s in &snap.routes {
+        if let Some(c) = counts(s) {
+            series(out, BACKEND_ADDRESSES, s, None);
+            out.push(b' ');
+            write_u64(out, c.total.into());
+            out.push(b'\n');
+        }
+    }
+    family(
+        out,
+        BACKEND_ADDRESSES_REACHABLE,
+        "gauge",
+        "strict_dns routes: addresses that accepted a TCP connection in the last probe.",
+    );
+    for s in &snap.routes {
+        if let Some(c) = counts(s) {
+            series(out, BACKEND_ADDRESSES_REACHABLE, s, None);
+            out.push(b' ');
+            write_u64(out, c.reachable.into());
             out.push(b'\n');
         }
     }
@@ -392,7 +423,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 mod tests {
     use super::*;
     use crate::route::Route;
-    use crate::snapshot::ProbeResult;
+    use crate::snapshot::{AddressCount, ProbeResult};
 
     #[test]
     fn label_values_are_escaped() {
@@ -430,6 +461,7 @@ mod tests {
                 address: None,
                 dns_duration: None,
                 detail: None,
+                addresses: None,
             },
             t0,
         );
@@ -441,6 +473,10 @@ mod tests {
                     address: None,
                     dns_duration: Some(Duration::from_millis(5)),
                     detail: None,
+                    addresses: Some(AddressCount {
+                        total: 3,
+                        reachable: 2,
+                    }),
                 },
                 t0,
             );
@@ -476,6 +512,12 @@ sigma_backend_probe_failures_total{{node="n1",route="down",listen_port="10002",b
 # HELP sigma_backend_dns_lookup_seconds Time the last lookup of the backend's host name took (routes given by name only).
 # TYPE sigma_backend_dns_lookup_seconds gauge
 sigma_backend_dns_lookup_seconds{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 0.005
+# HELP sigma_backend_addresses strict_dns routes: addresses the backend's name resolved to in the last probe (each is probed).
+# TYPE sigma_backend_addresses gauge
+sigma_backend_addresses{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 3
+# HELP sigma_backend_addresses_reachable strict_dns routes: addresses that accepted a TCP connection in the last probe.
+# TYPE sigma_backend_addresses_reachable gauge
+sigma_backend_addresses_reachable{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 2
 # HELP sigma_probe_cycles_total Probe cycles completed.
 # TYPE sigma_probe_cycles_total counter
 sigma_probe_cycles_total 1

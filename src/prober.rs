@@ -21,6 +21,14 @@
 //! A backend given by name is first resolved by the agent's own resolver (`dns.rs`) on the
 //! same loop; the lookup and the connect share the route's one deadline. Latency is the
 //! connect time alone; the lookup time is reported apart.
+//!
+//! Probing as Envoy connects (the route's `cluster_type` and `connect_timeout`): the deadline
+//! is the route's `connect_timeout` when it has one, else `--health-probe-timeout`, clamped to
+//! 3 s either way. A `strict_dns` route probes every address of the answer (at most
+//! `dns::MAX_ADDRS_PER_ANSWER`), still one connect at a time, each under its own deadline (the
+//! first shares it with the lookup), and is up only when all of them answered; the result
+//! carries how many there were and how many answered. `logical_dns`, `static` and routes
+//! without a type probe the first address (a literal is its own first address).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,8 +37,10 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::config::{MAX_PROBE_TIMEOUT, MIN_PROBE_TIMEOUT};
 use crate::dns::{DnsFailure, Lookup, Resolver, Start};
-use crate::snapshot::{Change, Outcome, ProbeResult, Reason, Snapshot};
+use crate::route::{ClusterType, Route};
+use crate::snapshot::{AddressCount, Change, Outcome, ProbeResult, Reason, Snapshot};
 
 /// A probe in flight.
 struct InFlight {
@@ -41,7 +51,50 @@ struct InFlight {
     /// When the probe (lookup included) started, and its one deadline.
     started: Instant,
     deadline: Instant,
+    /// The route's own deadline span (its `connect_timeout` or the agent's), for each address.
+    timeout: Duration,
     stage: Stage,
+    /// A strict_dns route: the addresses still to probe and what the others gave.
+    spread: Option<Box<Spread>>,
+}
+
+/// The state of a strict_dns probe across the addresses of its answer.
+struct Spread {
+    /// Addresses not probed yet, in answer order.
+    rest: std::collections::VecDeque<IpAddr>,
+    total: u16,
+    reachable: u16,
+    /// The first address that failed, with its result (the route's reason and detail).
+    first_failure: Option<ProbeResult>,
+    /// The first address, reported as the route's address when all answered.
+    first: Option<SocketAddr>,
+    slowest: Duration,
+}
+
+impl Spread {
+    /// A spread over `all` (the lookup's answer); the first address is probed by the caller.
+    fn new(all: &[IpAddr]) -> Option<Box<Spread>> {
+        let all = &all[..all.len().min(crate::dns::MAX_ADDRS_PER_ANSWER)];
+        let rest = all.iter().skip(1).copied().collect();
+        Some(Box::new(Spread {
+            rest,
+            total: all.len().max(1) as u16,
+            reachable: 0,
+            first_failure: None,
+            first: None,
+            slowest: Duration::ZERO,
+        }))
+    }
+}
+
+/// The deadline span of one route's probe: its `connect_timeout` when set (as Envoy uses it),
+/// else the agent's `--health-probe-timeout`; never above the 3 s clamp nor below
+/// `MIN_PROBE_TIMEOUT` (a shorter deadline measures the agent's loop, not the backend).
+pub fn route_timeout(route: &Route, default: Duration) -> Duration {
+    route
+        .connect_timeout
+        .unwrap_or(default)
+        .clamp(MIN_PROBE_TIMEOUT, MAX_PROBE_TIMEOUT)
 }
 
 enum Stage {
@@ -62,7 +115,8 @@ enum Stage {
 /// What an in-flight probe needs, found by [`Prober::step`].
 enum Step {
     Wait(InFlight),
-    Done(usize, ProbeResult),
+    /// The current attempt ended (its socket is closed): conclude it.
+    Done(InFlight, ProbeResult),
     Connect(InFlight, IpAddr, Duration),
 }
 
@@ -170,7 +224,7 @@ impl Prober {
                         self.inflight = Some(f);
                         return Advance::Wait;
                     }
-                    Step::Done(index, result) => record(snap, index, result, wall),
+                    Step::Done(f, result) => self.conclude(f, result, now, snap, wall),
                     Step::Connect(f, ip, dns) => {
                         let address = SocketAddr::new(ip, f.port);
                         self.connect(registry, snap, f, address, Some(dns), now, wall, next_token);
@@ -203,21 +257,32 @@ impl Prober {
                 continue;
             };
             cycle.next += 1;
-            let f = InFlight {
+            let timeout = route_timeout(&state.route, self.timeout);
+            let strict = state.route.cluster_type == ClusterType::StrictDns;
+            let mut f = InFlight {
                 token: Token(usize::MAX),
                 index,
                 port: state.route.port,
                 started: now,
-                deadline: now + self.timeout,
+                deadline: now + timeout,
+                timeout,
                 stage: Stage::New,
+                spread: None,
             };
             if let Some(ip) = state.route.ip() {
+                if strict {
+                    f.spread = Spread::new(&[ip]);
+                }
                 let address = SocketAddr::new(ip, f.port);
                 self.connect(registry, snap, f, address, None, now, wall, next_token);
                 continue;
             }
             let looked_up = Instant::now();
-            match self.resolver.start(&state.route.host, now) {
+            let (start, all) = self.resolver.start_all(&state.route.host, now);
+            if strict {
+                f.spread = Spread::new(&all);
+            }
+            match start {
                 Start::Done(Ok(ip)) => {
                     let address = SocketAddr::new(ip, f.port);
                     let dns = Some(looked_up.elapsed());
@@ -248,9 +313,18 @@ impl Prober {
     fn step(&mut self, mut f: InFlight, now: Instant, registry: &Registry) -> Step {
         if now >= f.deadline {
             let result = match &f.stage {
-                Stage::New | Stage::Resolving(_) | Stage::Resolved { .. } => {
+                Stage::New | Stage::Resolving(_) => {
                     dns_failure(now - f.started, &DnsFailure::Timeout)
                 }
+                // The next address of a strict_dns answer, not started before its deadline.
+                Stage::Resolved { ip, dns } => ProbeResult {
+                    dns_duration: Some(*dns),
+                    ..failure(
+                        Reason::Timeout,
+                        Some(SocketAddr::new(*ip, f.port)),
+                        "no answer before the deadline",
+                    )
+                },
                 Stage::Connecting { address, dns, .. } => ProbeResult {
                     dns_duration: *dns,
                     ..failure(
@@ -260,9 +334,8 @@ impl Prober {
                     )
                 },
             };
-            let index = f.index;
-            close(f.stage, registry);
-            return Step::Done(index, result);
+            close(std::mem::replace(&mut f.stage, Stage::New), registry);
+            return Step::Done(f, result);
         }
         match &mut f.stage {
             Stage::Resolving(lookup) if now >= lookup.next_deadline() => {
@@ -301,7 +374,7 @@ impl Prober {
                     dns_duration: dns,
                     ..from_error(&e, address)
                 };
-                record(snap, f.index, result, wall);
+                self.conclude(f, result, now, snap, wall);
                 return;
             }
         };
@@ -349,6 +422,82 @@ impl Prober {
         }
     }
 
+    /// One attempt of `f` ended with `result`. A plain probe records it. A strict_dns probe
+    /// counts it and moves on to the next address of its answer (a fresh deadline; the
+    /// connect starts on the next `advance`); after the last one it records the route's
+    /// result: up only if every address answered.
+    fn conclude(
+        &mut self,
+        mut f: InFlight,
+        result: ProbeResult,
+        now: Instant,
+        snap: &mut Snapshot,
+        wall: SystemTime,
+    ) {
+        let Some(spread) = f.spread.as_mut() else {
+            record(snap, f.index, result, wall);
+            return;
+        };
+        if result.address.is_none() {
+            // The name did not resolve: there are no addresses to go through.
+            record(snap, f.index, result, wall);
+            return;
+        }
+        if spread.first.is_none() {
+            spread.first = result.address;
+        }
+        match result.outcome {
+            Outcome::Reachable { latency } => {
+                spread.reachable += 1;
+                spread.slowest = spread.slowest.max(latency);
+            }
+            Outcome::Failed(_) => {
+                if spread.first_failure.is_none() {
+                    spread.first_failure = Some(result.clone());
+                }
+            }
+        }
+        if let Some(ip) = spread.rest.pop_front() {
+            let dns = result.dns_duration.unwrap_or_default();
+            f.stage = Stage::Resolved { ip, dns };
+            f.started = now;
+            f.deadline = now + f.timeout;
+            self.inflight = Some(f);
+            return;
+        }
+        let counts = AddressCount {
+            total: spread.total,
+            reachable: spread.reachable,
+        };
+        let done = match spread.first_failure.take() {
+            Some(failed) => {
+                let at = failed.address.map(|a| a.to_string()).unwrap_or_default();
+                let detail = format!(
+                    "{} of {} addresses answered; {at}: {}",
+                    counts.reachable,
+                    counts.total,
+                    failed.detail.as_deref().unwrap_or("failed")
+                );
+                ProbeResult {
+                    addresses: Some(counts),
+                    detail: Some(detail),
+                    dns_duration: result.dns_duration,
+                    ..failed
+                }
+            }
+            None => ProbeResult {
+                outcome: Outcome::Reachable {
+                    latency: spread.slowest,
+                },
+                address: spread.first,
+                dns_duration: result.dns_duration,
+                detail: None,
+                addresses: Some(counts),
+            },
+        };
+        record(snap, f.index, done, wall);
+    }
+
     /// Handles an event for the probe's token. Returns true if the probe moved on (the
     /// caller then calls `advance`, which starts what comes next).
     pub fn on_event(
@@ -371,8 +520,8 @@ impl Prober {
                         self.inflight = Some(f);
                         return true;
                     }
-                    Step::Done(index, result) => {
-                        record(snap, index, result, wall);
+                    Step::Done(f, result) => {
+                        self.conclude(f, result, now, snap, wall);
                         return true;
                     }
                     Step::Wait(f) => {
@@ -395,6 +544,7 @@ impl Prober {
                     address: Some(*address),
                     dns_duration: *dns,
                     detail: None,
+                    addresses: None,
                 }),
                 Connect::Done(Err(e)) if handshake_completed(&e) => Some(ProbeResult {
                     outcome: Outcome::Reachable {
@@ -403,6 +553,7 @@ impl Prober {
                     address: Some(*address),
                     dns_duration: *dns,
                     detail: Some(format!("connected, then the backend closed it: {e}")),
+                    addresses: None,
                 }),
                 Connect::Done(Err(e)) => Some(ProbeResult {
                     dns_duration: *dns,
@@ -417,9 +568,8 @@ impl Prober {
                 false
             }
             Some(result) => {
-                let index = f.index;
-                close(f.stage, registry);
-                record(snap, index, result, wall);
+                close(std::mem::replace(&mut f.stage, Stage::New), registry);
+                self.conclude(f, result, now, snap, wall);
                 true
             }
         }
@@ -437,9 +587,15 @@ fn lookup_done(
         lookup.deregister(registry);
     }
     let dns = now.saturating_duration_since(f.started);
+    if let (Stage::Resolving(lookup), Some(_)) = (&f.stage, &f.spread) {
+        f.spread = Spread::new(lookup.addresses());
+    }
     match resolved {
         Ok(ip) => Step::Connect(f, ip, dns),
-        Err(e) => Step::Done(f.index, dns_failure(dns, &e)),
+        Err(e) => {
+            close(std::mem::replace(&mut f.stage, Stage::New), registry);
+            Step::Done(f, dns_failure(dns, &e))
+        }
     }
 }
 
@@ -529,6 +685,7 @@ fn failure(reason: Reason, address: Option<SocketAddr>, detail: &str) -> ProbeRe
         address,
         dns_duration: None,
         detail: Some(detail.to_owned()),
+        addresses: None,
     }
 }
 
@@ -582,6 +739,41 @@ mod tests {
         let mut s = Snapshot::new(true, Duration::from_secs(1), SystemTime::UNIX_EPOCH);
         s.set_routes(routes);
         s
+    }
+
+    /// A route's own connect_timeout is held between the 10 ms floor and the 3 s clamp.
+    #[test]
+    fn route_deadline_is_bounded_both_ways() {
+        let r = |t: Option<Duration>| {
+            let route = Route::new("n", "r", 1, "127.0.0.1", 1).unwrap();
+            route
+                .with_envoy(None, crate::route::ClusterType::Unspecified, t)
+                .unwrap()
+        };
+        let agent = Duration::from_secs(1);
+        assert_eq!(route_timeout(&r(None), agent), agent);
+        assert_eq!(
+            route_timeout(&r(Some(Duration::from_nanos(1))), agent),
+            MIN_PROBE_TIMEOUT
+        );
+        assert_eq!(
+            route_timeout(&r(Some(Duration::from_secs(60))), agent),
+            MAX_PROBE_TIMEOUT
+        );
+    }
+
+    /// Connect errors only an established connection gets mean "reachable"; the agent's own
+    /// shortages are not the backend's.
+    #[test]
+    fn errors_that_are_not_the_backends_failure() {
+        let e = |code| io::Error::from_raw_os_error(code);
+        assert!(handshake_completed(&e(libc::ECONNRESET)));
+        assert!(handshake_completed(&e(libc::EPIPE)));
+        assert!(!handshake_completed(&e(libc::ECONNREFUSED)));
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_agent_shortage(&e(code)), "{code}");
+        }
+        assert!(!is_agent_shortage(&e(libc::ENETUNREACH)));
     }
 
     #[test]

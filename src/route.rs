@@ -5,11 +5,23 @@
 //! the same `Vec<Route>`; nothing else in the agent knows where routes came from.
 //!
 //! File format, one route per line, whitespace-separated:
-//! `NODE ROUTE LISTEN_PORT HOST:PORT`, e.g. `layer4-01 tcp-proxy-hk01 10001 hk013.example.com:443`.
+//! `NODE ROUTE LISTEN_PORT HOST:PORT [KEY=VALUE ...]`, e.g.
+//! `layer4-01 tcp-proxy-hk01 10001 hk013.example.com:443 admin_port=9901 cluster_type=strict_dns`.
 //! `#` starts a comment, blank lines are skipped, IPv6 backends are written `[2001:db8::1]:443`.
 //! A UTF-8 byte-order mark at the start (editors on Windows add one) is skipped; anywhere else
 //! it is an error, as are other invisible characters in a name.
 //! A route name is any run of non-whitespace characters (it may contain `"` or `\`).
+//!
+//! The optional fields say how Envoy itself reaches the backend (the fleet database's
+//! `envoy_nodes.admin_port`, `envoy_routes.cluster_type`, `envoy_routes.connect_timeout_secs`):
+//! - `admin_port=9901`: Envoy's admin interface of this node on 127.0.0.1; every route of a
+//!   node that gives it must give the same port (a node has one admin interface).
+//! - `cluster_type=static|strict_dns|logical_dns`: how Envoy turns the host into addresses;
+//!   the prober probes as Envoy connects (see `prober.rs`). Not given: the first address.
+//! - `connect_timeout=2s` (or `500ms`, `1.5`): Envoy's connect timeout, used as this route's
+//!   probe deadline (still clamped to 3 s, and raised to 10 ms, `config::MIN_PROBE_TIMEOUT`).
+//!
+//! Each key at most once per line; an unknown key or a bad value is a `file:line` error.
 //!
 //! The parser is pure (`&str` in, routes or a `file:line` error out) so it is tested and
 //! benchmarked without files. Limits: [`MAX_ROUTES`], [`MAX_FIELD_LEN`], [`MAX_FILE_BYTES`].
@@ -17,6 +29,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Most routes one agent probes. At one route at a time under a 3 s clamp, 10,000 routes is
 /// already a worst-case cycle of 8 hours; a larger set is a configuration mistake, not a load.
@@ -27,8 +40,49 @@ pub const MAX_FIELD_LEN: usize = 253;
 /// Largest routes file read: 10,000 routes of ~100 bytes plus comments fit with room to spare.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Longest `connect_timeout` accepted from a source. Envoy's own default is 5 s and probes are
+/// clamped to 3 s anyway; an hour is a typo (`3600` meant as milliseconds), not a setting.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How Envoy's cluster turns the backend host into addresses (`envoy_routes.cluster_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterType {
+    /// Not given: probe the first address, as before these fields existed.
+    #[default]
+    Unspecified,
+    /// The host is an IP literal, connected to as written.
+    Static,
+    /// Envoy resolves the name and balances across every address: probe each.
+    StrictDns,
+    /// Envoy resolves the name and connects to the first address.
+    LogicalDns,
+}
+
+impl ClusterType {
+    /// Parses the routes-file / database spelling.
+    pub fn parse(s: &str) -> Option<ClusterType> {
+        match s {
+            "static" => Some(ClusterType::Static),
+            "strict_dns" => Some(ClusterType::StrictDns),
+            "logical_dns" => Some(ClusterType::LogicalDns),
+            _ => None,
+        }
+    }
+
+    /// The spelling in the routes file and in MCP; `None` when not given.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            ClusterType::Unspecified => None,
+            ClusterType::Static => Some("static"),
+            ClusterType::StrictDns => Some("strict_dns"),
+            ClusterType::LogicalDns => Some("logical_dns"),
+        }
+    }
+}
+
 /// One route to probe. `backend` is the label value as the operator wrote it (`host:port`,
-/// `[v6]:port`); `host` is without brackets. Built only by [`Route::new`], which validates.
+/// `[v6]:port`); `host` is without brackets. Built only by [`Route::new`], which validates,
+/// and [`Route::with_envoy`], which adds how Envoy connects (validated too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub node: String,
@@ -39,6 +93,13 @@ pub struct Route {
     pub backend: String,
     /// `host` parsed once, when it is an IP literal (probes don't re-parse it every cycle).
     ip: Option<IpAddr>,
+    /// Envoy's admin interface of this route's node, on 127.0.0.1 (`envoy_nodes.admin_port`).
+    pub admin_port: Option<u16>,
+    /// How Envoy resolves the host (`envoy_routes.cluster_type`).
+    pub cluster_type: ClusterType,
+    /// Envoy's connect timeout for this backend (`envoy_routes.connect_timeout_secs`), not
+    /// clamped here: the prober clamps it to 3 s.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Route {
@@ -74,13 +135,79 @@ impl Route {
             port,
             backend,
             ip: host.parse().ok(),
+            admin_port: None,
+            cluster_type: ClusterType::Unspecified,
+            connect_timeout: None,
         })
+    }
+
+    /// Adds how Envoy reaches this backend, validating each field: `admin_port` is 1-65535,
+    /// `static` needs an IP literal, `connect_timeout` is above 0 and at most
+    /// [`MAX_CONNECT_TIMEOUT`]. Whether the routes of one node agree on the admin port is
+    /// checked over the whole set by [`check_admin_ports`].
+    pub fn with_envoy(
+        mut self,
+        admin_port: Option<u16>,
+        cluster_type: ClusterType,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Route, String> {
+        if admin_port == Some(0) {
+            return Err("admin_port 0 is not a port; use 1-65535".into());
+        }
+        if cluster_type == ClusterType::Static && self.ip.is_none() {
+            return Err(format!(
+                "cluster_type static needs an IP address, but the backend host is the name '{}' (use strict_dns or logical_dns)",
+                self.host
+            ));
+        }
+        if let Some(t) = connect_timeout {
+            if t.is_zero() {
+                return Err("connect_timeout must be above 0".into());
+            }
+            if t > MAX_CONNECT_TIMEOUT {
+                return Err(format!(
+                    "connect_timeout {t:?} is over {MAX_CONNECT_TIMEOUT:?} (MAX_CONNECT_TIMEOUT)"
+                ));
+            }
+        }
+        self.admin_port = admin_port;
+        self.cluster_type = cluster_type;
+        self.connect_timeout = connect_timeout;
+        Ok(self)
     }
 
     /// The host as an IP address, when it is a literal.
     pub fn ip(&self) -> Option<IpAddr> {
         self.ip
     }
+}
+
+/// Checks that the routes of each node that give an admin port give the same one (a node has
+/// one admin interface). The error names the node, both ports and the two routes, and the
+/// index of the second route so a file parser can point at its line.
+pub fn check_admin_ports(routes: &[Route]) -> Result<(), (usize, String)> {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let Some(port) = r.admin_port else { continue };
+        match first.get(r.node.as_str()) {
+            None => {
+                first.insert(&r.node, i);
+            }
+            Some(&j) if routes[j].admin_port == Some(port) => {}
+            Some(&j) => {
+                return Err((
+                    i,
+                    format!(
+                        "node '{}': admin_port={port} here but admin_port={} on route '{}' (routes of one node must agree)",
+                        r.node,
+                        routes[j].admin_port.unwrap_or(0),
+                        routes[j].name
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A routes-file error: where, and what is wrong.
@@ -100,6 +227,7 @@ impl fmt::Display for RouteError {
 pub fn parse_routes(text: &str) -> Result<Vec<Route>, RouteError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut routes: Vec<Route> = Vec::new();
+    let mut lines: Vec<usize> = Vec::new();
     let mut seen: HashMap<(String, u16), usize> = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -112,9 +240,9 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, RouteError> {
         if fields.is_empty() {
             continue;
         }
-        if fields.len() != 4 {
+        if fields.len() < 4 {
             return Err(err(format!(
-                "expected 4 fields `NODE ROUTE LISTEN_PORT HOST:PORT`, found {}",
+                "expected 4 fields `NODE ROUTE LISTEN_PORT HOST:PORT` (then optional KEY=VALUE fields), found {}",
                 fields.len()
             )));
         }
@@ -125,6 +253,11 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, RouteError> {
             .ok_or_else(|| err(format!("listen port '{}' is not 1-65535", fields[2])))?;
         let (host, port) = split_host_port(fields[3]).map_err(err)?;
         let route = Route::new(fields[0], fields[1], listen_port, host, port).map_err(err)?;
+        let (admin_port, cluster_type, connect_timeout) =
+            parse_options(&fields[4..]).map_err(err)?;
+        let route = route
+            .with_envoy(admin_port, cluster_type, connect_timeout)
+            .map_err(err)?;
         let key = (route.node.clone(), route.listen_port);
         if let Some(&other) = seen.get(&key) {
             return Err(err(format!(
@@ -136,8 +269,71 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, RouteError> {
         }
         seen.insert(key, routes.len());
         routes.push(route);
+        lines.push(line);
     }
+    check_admin_ports(&routes).map_err(|(i, message)| RouteError {
+        line: lines.get(i).copied().unwrap_or(0),
+        message,
+    })?;
     Ok(routes)
+}
+
+/// Envoy's view of a route, from the optional fields of a routes-file line.
+type Options = (Option<u16>, ClusterType, Option<Duration>);
+
+/// Parses the optional `KEY=VALUE` fields after the backend.
+fn parse_options(fields: &[&str]) -> Result<Options, String> {
+    let mut admin_port = None;
+    let mut cluster_type = None;
+    let mut connect_timeout = None;
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "unexpected field '{}' after the backend: expected KEY=VALUE with KEY admin_port, cluster_type or connect_timeout",
+                field.escape_debug()
+            ));
+        };
+        let twice = || format!("{key} is given twice");
+        match key {
+            "admin_port" => {
+                let port = parse_port(value)
+                    .ok_or_else(|| format!("admin_port '{}' is not 1-65535", value.escape_debug()))?;
+                if admin_port.replace(port).is_some() {
+                    return Err(twice());
+                }
+            }
+            "cluster_type" => {
+                let t = ClusterType::parse(value).ok_or_else(|| {
+                    format!(
+                        "cluster_type '{}' is not static, strict_dns or logical_dns",
+                        value.escape_debug()
+                    )
+                })?;
+                if cluster_type.replace(t).is_some() {
+                    return Err(twice());
+                }
+            }
+            "connect_timeout" => {
+                let t = crate::config::parse_duration(value).map_err(|e| {
+                    format!("connect_timeout '{}': {e}", value.escape_debug())
+                })?;
+                if connect_timeout.replace(t).is_some() {
+                    return Err(twice());
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown key '{}': the optional fields are admin_port, cluster_type and connect_timeout",
+                    key.escape_debug()
+                ))
+            }
+        }
+    }
+    Ok((
+        admin_port,
+        cluster_type.unwrap_or_default(),
+        connect_timeout,
+    ))
 }
 
 /// Splits `host:port` or `[v6]:port`.
@@ -243,6 +439,9 @@ mod tests {
                 port: 443,
                 backend: "hk013.example.com:443".into(),
                 ip: None,
+                admin_port: None,
+                cluster_type: ClusterType::Unspecified,
+                connect_timeout: None,
             }
         );
         assert_eq!(routes[1].name, "we\"ird\\name");
@@ -267,6 +466,21 @@ mod tests {
                 "neither an IP address nor a DNS name",
             ),
             ("a b 1 h:1\na c 1 g:2\n", 2, "already used by route 'b'"),
+            ("a b 1 h:1 admin_port=0\n", 1, "admin_port '0'"),
+            ("a b 1 h:1 admin_port=x\n", 1, "admin_port 'x'"),
+            ("a b 1 h:1 cluster_type=eds\n", 1, "not static, strict_dns"),
+            ("a b 1 h:1 cluster_type=static\n", 1, "needs an IP address"),
+            ("a b 1 h:1 connect_timeout=0s\n", 1, "above 0"),
+            ("a b 1 h:1 connect_timeout=2x\n", 1, "connect_timeout '2x'"),
+            ("a b 1 h:1 connect_timeout=2h\n", 1, "MAX_CONNECT_TIMEOUT"),
+            ("a b 1 h:1 colour=blue\n", 1, "unknown key 'colour'"),
+            ("a b 1 h:1 extra\n", 1, "unexpected field 'extra'"),
+            ("a b 1 h:1 admin_port=1 admin_port=1\n", 1, "given twice"),
+            (
+                "a b 1 h:1 admin_port=9901\n# c\na c 2 h:1 admin_port=9902\n",
+                3,
+                "admin_port=9902 here but admin_port=9901 on route 'b'",
+            ),
         ];
         for (text, line, want) in cases {
             let e = parse_routes(text).unwrap_err();
@@ -299,6 +513,52 @@ mod tests {
         assert_eq!(e.line, 2);
         assert!(e.message.contains("invisible"), "{e}");
         assert!(parse_routes("a r\u{200b} 1 h:1\n").is_err());
+    }
+
+    #[test]
+    fn optional_envoy_fields() {
+        let text = "n a 1 127.0.0.1:1 admin_port=9901 cluster_type=static connect_timeout=250ms\n\
+                    n b 2 svc.example:80 cluster_type=strict_dns\n\
+                    n c 3 svc.example:80 connect_timeout=2 cluster_type=logical_dns admin_port=9901\n\
+                    m d 1 h:1 admin_port=9902\n";
+        let routes = parse_routes(text).unwrap();
+        assert_eq!(routes[0].admin_port, Some(9901));
+        assert_eq!(routes[0].cluster_type, ClusterType::Static);
+        assert_eq!(routes[0].connect_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(routes[1].admin_port, None);
+        assert_eq!(routes[1].cluster_type, ClusterType::StrictDns);
+        assert_eq!(routes[1].connect_timeout, None);
+        assert_eq!(routes[2].cluster_type, ClusterType::LogicalDns);
+        assert_eq!(routes[2].connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(routes[3].admin_port, Some(9902));
+        // Defaults are today's behaviour: Route::new alone equals a line without options.
+        let plain = Route::new("n", "b", 2, "svc.example", 80).unwrap();
+        assert_eq!(plain.cluster_type, ClusterType::Unspecified);
+        assert_eq!(plain.admin_port, None);
+        assert_eq!(plain.connect_timeout, None);
+    }
+
+    #[test]
+    fn with_envoy_validates_for_the_database_source() {
+        let r = Route::new("n", "r", 1, "10.0.0.1", 5).unwrap();
+        let ok = r
+            .clone()
+            .with_envoy(
+                Some(9901),
+                ClusterType::Static,
+                Some(Duration::from_secs(1)),
+            )
+            .unwrap();
+        assert_eq!(ok.admin_port, Some(9901));
+        assert!(r
+            .clone()
+            .with_envoy(Some(0), ClusterType::Unspecified, None)
+            .is_err());
+        assert!(r
+            .with_envoy(None, ClusterType::Unspecified, Some(Duration::ZERO))
+            .is_err());
+        let named = Route::new("n", "r", 1, "db.example", 5).unwrap();
+        assert!(named.with_envoy(None, ClusterType::Static, None).is_err());
     }
 
     #[test]

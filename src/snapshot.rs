@@ -63,6 +63,15 @@ pub struct ProbeResult {
     pub dns_duration: Option<Duration>,
     /// A short human detail for failures (the OS error, the DNS failure kind), for MCP and logs.
     pub detail: Option<String>,
+    /// A strict_dns route: how many addresses its name had and how many answered.
+    pub addresses: Option<AddressCount>,
+}
+
+/// The addresses of a strict_dns route's answer, and how many of them answered a connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressCount {
+    pub total: u16,
+    pub reachable: u16,
 }
 
 /// What the snapshot knows about one route.
@@ -270,6 +279,7 @@ mod tests {
             address: None,
             dns_duration: None,
             detail: None,
+            addresses: None,
         }
     }
 
