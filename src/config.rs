@@ -45,7 +45,8 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_HEALTH_PROBE_TIMEOUT, default 3s
     --routes-file PATH                Routes to probe, one per line:
                                       NODE ROUTE LISTEN_PORT HOST:PORT   (# comments)
-                                      Re-read when it changes and on SIGHUP.
+                                      Re-read when it changes (once unmodified for 2s:
+                                      write it aside and rename it) and on SIGHUP.
                                       env AGENT_ROUTES_FILE
     --metrics-listen ADDR:PORT        HTTP listener for /metrics, /healthz and /.
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
