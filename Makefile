@@ -7,7 +7,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= /lib/systemd/system
 BIN     := target/release/sigma-agent-lite
 
-.PHONY: all build run test test-default test-nopg lint ops install-check interop bench install uninstall clean
+.PHONY: all build run test test-default test-nopg lint ops install-check interop fleet-smoke bench fleet install uninstall clean
 
 all: build
 
@@ -42,10 +42,19 @@ interop:
 	$(CARGO) build
 	tests/mcp_interop.sh
 
-test: lint test-default test-nopg ops install-check interop
+# `make fleet` in small: 4 agents, 30 s, both restarts; checks that it all works, not the figures.
+fleet-smoke:
+	scripts/fleet.sh --smoke
+
+test: lint test-default test-nopg ops install-check interop fleet-smoke
 
 bench:
 	scripts/bench.sh
+
+# 300 agents against one PostgreSQL behind PgBouncer, both restarted mid-run (~4 min; not in
+# `make test`): target/fleet.json, target/fleet.png. See the README's "Fleet scale".
+fleet:
+	scripts/fleet.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/sigma-agent-lite

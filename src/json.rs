@@ -37,6 +37,23 @@ pub const MAX_DEPTH: usize = 64;
 /// amplify 2 input bytes into ~60 bytes of memory per element.
 pub const MAX_VALUES: usize = 1 << 16;
 
+/// The bounds of one parse. [`parse`] uses [`MCP_LIMITS`]; a caller reading a larger trusted-
+/// format document (Envoy's admin `/clusters`, `envoy.rs`) passes its own, each a named
+/// `const` there. The depth bound also bounds recursion, so keep it small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_input_len: usize,
+    pub max_depth: usize,
+    pub max_values: usize,
+}
+
+/// The limits of [`parse`]: [`MAX_INPUT_LEN`], [`MAX_DEPTH`], [`MAX_VALUES`].
+pub const MCP_LIMITS: Limits = Limits {
+    max_input_len: MAX_INPUT_LEN,
+    max_depth: MAX_DEPTH,
+    max_values: MAX_VALUES,
+};
+
 /// Why [`parse`] rejected its input. Every kind maps to JSON-RPC -32700;
 /// the distinction is only for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +272,13 @@ impl Value {
 /// Parses exactly one JSON value from `input` (see the module docs for the
 /// accepted grammar and limits). UTF-8 is checked before the syntax.
 pub fn parse(input: &[u8]) -> Result<Value, Error> {
-    if input.len() > MAX_INPUT_LEN {
+    parse_with_limits(input, &MCP_LIMITS)
+}
+
+/// [`parse`] under other bounds. The error variants are the same; their `Display` names the
+/// default limits, so a caller with other limits words its own message.
+pub fn parse_with_limits(input: &[u8], limits: &Limits) -> Result<Value, Error> {
+    if input.len() > limits.max_input_len {
         return Err(Error::InputTooLong { len: input.len() });
     }
     let src = std::str::from_utf8(input).map_err(|e| Error::InvalidUtf8 {
@@ -266,6 +289,8 @@ pub fn parse(input: &[u8]) -> Result<Value, Error> {
         bytes: input,
         pos: 0,
         values: 0,
+        max_depth: limits.max_depth,
+        max_values: limits.max_values,
     };
     p.skip_ws();
     let value = p.value(0)?;
@@ -280,8 +305,10 @@ struct Parser<'a> {
     src: &'a str,
     bytes: &'a [u8],
     pos: usize,
-    /// Values started so far, checked against MAX_VALUES.
+    /// Values started so far, checked against `max_values`.
     values: usize,
+    max_depth: usize,
+    max_values: usize,
 }
 
 impl Parser<'_> {
@@ -330,7 +357,7 @@ impl Parser<'_> {
     fn value(&mut self, depth: usize) -> Result<Value, Error> {
         let b = self.peek_some()?;
         self.values += 1;
-        if self.values > MAX_VALUES {
+        if self.values > self.max_values {
             return Err(Error::TooManyValues { offset: self.pos });
         }
         match b {
@@ -354,7 +381,7 @@ impl Parser<'_> {
 
     fn object(&mut self, depth: usize) -> Result<Value, Error> {
         let start = self.pos;
-        if depth > MAX_DEPTH {
+        if depth > self.max_depth {
             return Err(Error::TooDeep { offset: start });
         }
         self.pos += 1; // '{'
@@ -390,7 +417,7 @@ impl Parser<'_> {
     }
 
     fn array(&mut self, depth: usize) -> Result<Value, Error> {
-        if depth > MAX_DEPTH {
+        if depth > self.max_depth {
             return Err(Error::TooDeep { offset: self.pos });
         }
         self.pos += 1; // '['

@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod dns;
+pub mod envoy;
 pub mod event_loop;
 pub mod http;
+pub mod http_client;
 pub mod json;
 pub mod logging;
 pub mod mcp;
