@@ -54,7 +54,8 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       HTTP listener off. env AGENT_METRICS_PORT
     --database-url URL                Read the routes from the fleet's PostgreSQL instead of a
                                       file: postgresql://USER@HOST:PORT/DB or key=value form.
-                                      The password may come from PGPASSWORD instead of the URL.
+                                      The password may come from PGPASSWORD or a password
+                                      file (PGPASSFILE, else ~/.pgpass, mode 0600) instead.
                                       env AGENT_DATABASE_URL (builds with the postgres feature)
     --hostname NAME                   This VPS's name in the database's vps table.
                                       env AGENT_HOSTNAME, default the system host name
@@ -105,6 +106,9 @@ pub struct Database {
     pub url: String,
     /// `PGPASSWORD`, used when the URL has no password.
     pub pgpassword: Option<String>,
+    /// The libpq password file: `PGPASSFILE`, else `$HOME/.pgpass` (a `passfile=` in the URL
+    /// wins); read when neither the URL nor `PGPASSWORD` gives a password.
+    pub passfile: Option<std::path::PathBuf>,
     pub hostname: String,
 }
 
@@ -157,6 +161,9 @@ pub struct Env {
     pub mcp_listen: Option<String>,
     pub database_url: Option<String>,
     pub pgpassword: Option<String>,
+    pub pgpassfile: Option<OsString>,
+    /// `HOME`, for `~/.pgpass`.
+    pub home: Option<OsString>,
     pub hostname: Option<String>,
     /// The system host name (the default for `--hostname`).
     pub system_hostname: Option<String>,
@@ -178,6 +185,8 @@ impl Env {
             mcp_listen: s("AGENT_MCP_LISTEN"),
             database_url: s("AGENT_DATABASE_URL"),
             pgpassword: s("PGPASSWORD"),
+            pgpassfile: std::env::var_os("PGPASSFILE").filter(|v| !v.is_empty()),
+            home: std::env::var_os("HOME").filter(|v| !v.is_empty()),
             hostname: s("AGENT_HOSTNAME"),
             system_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -343,9 +352,14 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
             let hostname = hostname.or(env.hostname).or(env.system_hostname).ok_or_else(|| {
                 UsageError("no host name to register as: give --hostname NAME (or AGENT_HOSTNAME)".into())
             })?;
+            let passfile = env
+                .pgpassfile
+                .map(std::path::PathBuf::from)
+                .or_else(|| env.home.map(|h| std::path::PathBuf::from(h).join(".pgpass")));
             Some(Database {
                 url,
                 pgpassword: env.pgpassword,
+                passfile,
                 hostname,
             })
         }

@@ -944,14 +944,15 @@ impl ResolverConfig {
     }
 }
 
-/// Cheap PRNG (splitmix64) for query ids, seeded from /dev/urandom.
+/// Cheap PRNG (splitmix64) for query ids (and the database source's backoff jitter),
+/// seeded from /dev/urandom.
 #[derive(Debug)]
-struct Rng {
+pub struct Rng {
     state: u64,
 }
 
 impl Rng {
-    fn from_urandom() -> Rng {
+    pub fn from_urandom() -> Rng {
         let mut seed = [0u8; 8];
         let read = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
         let state = match read {
@@ -968,7 +969,7 @@ impl Rng {
         Rng { state }
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -1286,50 +1287,6 @@ enum Step {
     Wait,
     Reply(Answer),
     FailTry(DnsFailure),
-}
-
-/// Resolves `name` by driving its lookup on a private poll until it ends or `timeout` passes.
-/// It blocks the caller for up to `timeout`, so it is only for the rare lookups outside the
-/// probe path (the database host, when reconnecting); probes drive [`Lookup`] on the loop.
-pub fn resolve_blocking(
-    resolver: &mut Resolver,
-    name: &str,
-    timeout: Duration,
-) -> Result<IpAddr, DnsFailure> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut lookup = match resolver.start(name, started) {
-        Start::Done(result) => return result,
-        Start::Pending(lookup) => lookup,
-    };
-    let error = |e: io::Error| DnsFailure::Error(e.to_string());
-    let mut poll = mio::Poll::new().map_err(error)?;
-    let mut events = mio::Events::with_capacity(4);
-    lookup.register(poll.registry(), Token(0)).map_err(error)?;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            lookup.deregister(poll.registry());
-            return Err(DnsFailure::Timeout);
-        }
-        let wake = lookup.next_deadline().min(deadline);
-        match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(error(e)),
-        }
-        let now = Instant::now();
-        if !events.is_empty() {
-            if let Some(result) = lookup.on_ready(resolver, poll.registry(), now) {
-                return result;
-            }
-        }
-        if now >= lookup.next_deadline() {
-            if let Some(result) = lookup.on_timeout(resolver, poll.registry(), now) {
-                return result;
-            }
-        }
-    }
 }
 
 /// One name being resolved. Owns the socket of its current try; the caller

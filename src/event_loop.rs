@@ -117,6 +117,11 @@ pub struct Agent {
     fd_short: bool,
     prober: Prober,
     source: RouteSource,
+    /// A cycle is due and waits for the route source's fetch (at most its deadline).
+    cycle_waits: bool,
+    /// The source has answered once (found this VPS or not): a first "not registered" is
+    /// worth a warning.
+    source_answered: bool,
     snapshot: RefCell<Snapshot>,
 }
 
@@ -165,6 +170,20 @@ impl Agent {
             None => ResolverConfig::system(),
         });
         let now = Instant::now();
+        let mut prober = Prober::new(
+            resolver,
+            config.health_probe,
+            config.interval,
+            config.timeout,
+            now,
+        );
+        if let Some(db) = &config.database {
+            prober.set_phase(
+                phase_of(&db.hostname, config.interval),
+                now,
+                SystemTime::now(),
+            );
+        }
         Ok(Agent {
             poll,
             signals,
@@ -178,14 +197,10 @@ impl Agent {
             reserve: std::fs::File::open(RESERVE_PATH).ok(),
             accept_retry: None,
             fd_short: false,
-            prober: Prober::new(
-                resolver,
-                config.health_probe,
-                config.interval,
-                config.timeout,
-                now,
-            ),
+            prober,
             source,
+            cycle_waits: false,
+            source_answered: false,
             snapshot: RefCell::new(snapshot),
         })
     }
@@ -246,6 +261,19 @@ impl Agent {
                     }
                     HTTP_LISTENER => self.accept(Kind::Http, now),
                     MCP_LISTENER => self.accept(Kind::Mcp, now),
+                    token if self.source.owns(token) => {
+                        let next_token = &mut self.next_token;
+                        let mut tokens = || {
+                            let t = Token(*next_token);
+                            *next_token += 1;
+                            t
+                        };
+                        let registry = self.poll.registry();
+                        if let Some(done) = self.source.on_event(token, now, registry, &mut tokens)
+                        {
+                            self.source_done(done, now);
+                        }
+                    }
                     token if Some(token) == self.prober.token() => {
                         let snap = &mut *self.snapshot.borrow_mut();
                         self.prober.on_event(now, wall, self.poll.registry(), snap);
@@ -260,8 +288,9 @@ impl Agent {
         }
     }
 
-    /// Everything that is due at `now`: expired connections, probes and cycles.
-    fn sweep(&mut self, mut now: Instant) {
+    /// Everything that is due at `now`: expired connections, the route source's deadline,
+    /// probes and cycles.
+    fn sweep(&mut self, now: Instant) {
         // Connections rarely expire: look before collecting, so a wake-up allocates nothing.
         if self.entries.values().any(|e| e.deadline() <= now) {
             let expired: Vec<Token> = self
@@ -275,7 +304,21 @@ impl Agent {
                 self.close(token);
             }
         }
-        loop {
+        if self.source.next_deadline().is_some_and(|d| d <= now) {
+            let next_token = &mut self.next_token;
+            let mut tokens = || {
+                let t = Token(*next_token);
+                *next_token += 1;
+                t
+            };
+            if let Some(done) = self
+                .source
+                .on_deadline(now, self.poll.registry(), &mut tokens)
+            {
+                self.source_done(done, now);
+            }
+        }
+        while !self.cycle_waits {
             let wall = SystemTime::now();
             let advance = {
                 let snap = &mut *self.snapshot.borrow_mut();
@@ -290,11 +333,10 @@ impl Agent {
             };
             match advance {
                 Advance::Wait => break,
+                // The cycle starts once the source has answered (at once for a file).
                 Advance::CycleDue => {
+                    self.cycle_waits = true;
                     self.refresh_routes(false, now);
-                    // A database fetch blocks: the cycle's probes get deadlines from after it.
-                    now = Instant::now();
-                    self.prober.start_cycle(now);
                 }
             }
         }
@@ -302,26 +344,62 @@ impl Agent {
 
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.entries.values().map(Entry::deadline);
+        let prober = if self.cycle_waits {
+            None
+        } else {
+            self.prober.next_deadline()
+        };
         conns
-            .chain(self.prober.next_deadline())
+            .chain(prober)
+            .chain(self.source.next_deadline())
             .chain(self.accept_retry)
             .min()
     }
 
-    /// Reads the route source again; a changed set replaces the snapshot's routes.
+    /// Asks the route source again (`force`: SIGHUP, read the file even if unchanged). A
+    /// database fetch answers later, through [`Agent::source_done`].
     fn refresh_routes(&mut self, force: bool, now: Instant) {
-        let (refresh, took) = self.source.refresh(force, now);
+        let next_token = &mut self.next_token;
+        let mut tokens = || {
+            let t = Token(*next_token);
+            *next_token += 1;
+            t
+        };
+        if let Some(done) = self
+            .source
+            .begin(force, now, self.poll.registry(), &mut tokens)
+        {
+            self.source_done(done, now);
+        }
+    }
+
+    /// The route source answered: apply it; start the cycle that waited for it, or (a read
+    /// outside a cycle, e.g. SIGHUP) start over if the set changed under a cycle in progress.
+    fn source_done(&mut self, (refresh, took): (Refresh, Duration), now: Instant) {
+        let changed = self.apply(refresh, took);
+        if self.cycle_waits {
+            self.cycle_waits = false;
+            self.prober.start_cycle(now);
+        } else if changed {
+            self.prober.restart(self.poll.registry(), now);
+        }
+    }
+
+    /// Applies a read of the route source to the snapshot. Returns whether the set changed.
+    fn apply(&mut self, refresh: Refresh, took: Duration) -> bool {
         let snap = &mut *self.snapshot.borrow_mut();
         let routes = match refresh {
-            Refresh::Unchanged => return,
+            Refresh::Unchanged => return false,
             Refresh::Routes(routes) => {
                 snap.source.vps_registered = true;
+                self.source_answered = true;
                 routes
             }
             Refresh::NotRegistered(message) => {
-                if snap.source.vps_registered {
+                if snap.source.vps_registered || !self.source_answered {
                     log::warn!("{message}");
                 }
+                self.source_answered = true;
                 snap.source.vps_registered = false;
                 Vec::new()
             }
@@ -333,7 +411,7 @@ impl Agent {
                     "{message}; keeping the {} routes already known",
                     snap.routes.len()
                 );
-                return;
+                return false;
             }
         };
         if !snap.source.up {
@@ -342,13 +420,11 @@ impl Agent {
         snap.source.up = true;
         snap.source.fetch_duration = Some(took);
         let count = routes.len();
-        if snap.set_routes(routes) {
+        let changed = snap.set_routes(routes);
+        if changed {
             log::info!("route set changed: {count} routes");
-            if force {
-                // The set changed under a cycle in progress: start over with it.
-                self.prober.restart(self.poll.registry(), now);
-            }
         }
+        changed
     }
 
     /// Drives the connection (or stdio) behind `token` after an event or a yield.
@@ -592,6 +668,18 @@ impl Agent {
             }
         }
     }
+}
+
+/// This host's place in the interval: a hash of its name (FNV-1a), so it stays the same
+/// across restarts and differs across a fleet.
+pub fn phase_of(hostname: &str, interval: Duration) -> Duration {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in hostname.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let millis = interval.as_millis().max(1) as u64;
+    Duration::from_millis(hash % millis)
 }
 
 fn listen(

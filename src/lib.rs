@@ -14,7 +14,11 @@ pub mod mcp;
 pub mod mcp_peer;
 pub mod metrics;
 #[cfg(feature = "postgres")]
+pub mod pg_conninfo;
+#[cfg(feature = "postgres")]
 pub mod pg_tls;
+#[cfg(feature = "postgres")]
+pub mod pg_wire;
 pub mod prober;
 pub mod route;
 pub mod signals;

@@ -62,6 +62,9 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
             if let Some(server) = config.dns_server {
                 pg.set_resolver(sigma_agent_lite::dns::ResolverConfig::with_server(server));
             }
+            pg.set_passfile(db.passfile.clone());
+            // Unknown until a read finds this VPS (so that SigmaVpsNotRegistered can fire).
+            snapshot.source.vps_registered = false;
             log::info!(
                 "routes from database {} as host '{}'",
                 pg.describe(),

@@ -1,16 +1,12 @@
-//! TLS settings of the PostgreSQL source: libpq's `sslmode` (`disable`, `prefer`, `require`,
-//! `verify-ca`, `verify-full`) and `sslrootcert`, read from the database URL or key=value
-//! string.
-//!
-//! Why it exists: tokio-postgres parses `sslmode` but knows only disable/prefer/require, and
-//! rejects `sslrootcert` as an unknown option. [`split_tls_params`] takes both out of the string
-//! (URL query or key=value, with libpq's quoting) before the rest goes to `Config::from_str`;
-//! the TLS connector (feature `tls`) implements the verification the mode asks for.
-//! Parsing is pure and needs no TLS crate, so a build without the `tls` feature still
-//! understands the string and can say why `verify-full` is not available.
+//! TLS of the PostgreSQL source: libpq's `sslmode` (`disable`, `prefer`, `require`,
+//! `verify-ca`, `verify-full`) and `sslrootcert` (parsed with the rest of the URL in
+//! `pg_conninfo`), and (feature `tls`) the rustls client that implements the checks the mode
+//! asks for. rustls is sans-IO: `source_pg` pumps bytes between the socket and a
+//! `rustls::ClientConnection` on the agent's one loop.
 //!
 //! Limits: no client certificates (`sslcert`/`sslkey`), CRLs (`sslcrl`), `sslmode=allow`,
-//! `sslnegotiation=direct`, nor `~/.postgresql/root.crt` (an explicit `sslrootcert` only).
+//! `sslnegotiation=direct`, nor `~/.postgresql/root.crt` (an explicit `sslrootcert` only); no
+//! SCRAM channel binding (`-PLUS`).
 
 use std::fmt;
 
@@ -31,7 +27,8 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    fn parse(value: &str) -> Result<SslMode, String> {
+    /// libpq's spelling; errors list the accepted values.
+    pub fn parse(value: &str) -> Result<SslMode, String> {
         Ok(match value {
             "disable" => SslMode::Disable,
             "prefer" => SslMode::Prefer,
@@ -123,161 +120,16 @@ impl TlsSettings {
     }
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a URL (`postgres://...?sslmode=verify-full`) or a
-/// key=value string (`host=h sslmode='verify-full'`), returning the rest unchanged for
-/// `Config::from_str`, and the settings (the last value of a key wins, as libpq). A string
-/// this cannot split is returned whole, for `Config::from_str` to report. Pure.
-pub fn split_tls_params(s: &str) -> Result<(String, TlsSettings), String> {
-    let mut mode = None;
-    let mut rootcert = None;
-    let mut take = |key: &str, value: String| -> Result<bool, String> {
-        match key {
-            "sslmode" => mode = Some(SslMode::parse(&value)?),
-            "sslrootcert" => {
-                if value.is_empty() {
-                    return Err("sslrootcert is empty (give a PEM file, or system)".into());
-                }
-                rootcert = Some(value);
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    };
-    let rest = if let Some(after) = ["postgres://", "postgresql://"]
-        .iter()
-        .find_map(|p| s.strip_prefix(p))
-    {
-        split_url(s, after, &mut take)?
-    } else {
-        split_key_values(s, &mut take)?
-    };
-    let settings = TlsSettings {
-        mode: mode.unwrap_or(SslMode::Prefer),
-        rootcert,
-    };
-    Ok((rest, settings))
-}
-
-type Take<'a> = dyn FnMut(&str, String) -> Result<bool, String> + 'a;
-
-/// The URL form. As tokio-postgres (and libpq), the credentials end at the first `@` and the
-/// query starts at the first `?` after them; parameters are `&`-separated and percent-encoded.
-fn split_url(whole: &str, after_prefix: &str, take: &mut Take) -> Result<String, String> {
-    let creds_end = after_prefix.find('@').map_or(0, |i| i + 1);
-    let Some(q) = after_prefix[creds_end..].find('?') else {
-        return Ok(whole.to_owned());
-    };
-    let query_at = whole.len() - after_prefix.len() + creds_end + q;
-    let (head, query) = (&whole[..query_at], &whole[query_at + 1..]);
-    let mut kept = Vec::new();
-    for param in query.split('&') {
-        let taken = match param.split_once('=') {
-            Some((key, value)) => match (percent_decode(key), percent_decode(value)) {
-                (Some(key), Some(value)) => take(&key, value)?,
-                _ => false,
-            },
-            None => false,
-        };
-        if !taken {
-            kept.push(param);
-        }
-    }
-    Ok(if kept.is_empty() {
-        head.to_owned()
-    } else {
-        format!("{head}?{}", kept.join("&"))
-    })
-}
-
-/// `%XX` escapes → bytes → UTF-8; None when malformed (the parameter is then left for
-/// tokio-postgres to reject).
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The key=value form, libpq's grammar: `key = value` pairs separated by whitespace; a value
-/// is `'quoted'` or a run of non-whitespace, `\` escaping the next character in both.
-fn split_key_values(s: &str, take: &mut Take) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut kept_from = 0;
-    let mut it = s.char_indices().peekable();
-    let skip_ws = |it: &mut std::iter::Peekable<std::str::CharIndices>| {
-        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-    };
-    loop {
-        skip_ws(&mut it);
-        let Some(&(start, _)) = it.peek() else { break };
-        let mut key_end = start;
-        while let Some((i, c)) = it.next_if(|(_, c)| !c.is_whitespace() && *c != '=') {
-            key_end = i + c.len_utf8();
-        }
-        let key = &s[start..key_end];
-        skip_ws(&mut it);
-        if it.next_if(|(_, c)| *c == '=').is_none() || key.is_empty() {
-            return Ok(s.to_owned()); // not ours to report
-        }
-        skip_ws(&mut it);
-        let mut value = String::new();
-        let quoted = it.next_if(|(_, c)| *c == '\'').is_some();
-        let mut closed = !quoted;
-        while let Some(&(_, c)) = it.peek() {
-            if quoted && c == '\'' {
-                it.next();
-                closed = true;
-                break;
-            }
-            if !quoted && c.is_whitespace() {
-                break;
-            }
-            it.next();
-            if c == '\\' {
-                if let Some((_, escaped)) = it.next() {
-                    value.push(escaped);
-                }
-            } else {
-                value.push(c);
-            }
-        }
-        if !closed || (!quoted && value.is_empty()) {
-            return Ok(s.to_owned());
-        }
-        let end = it.peek().map_or(s.len(), |&(i, _)| i);
-        if take(key, value)? {
-            out.push_str(&s[kept_from..start]);
-            kept_from = end;
-        }
-    }
-    out.push_str(&s[kept_from..]);
-    Ok(out)
-}
-
-/// The TLS side of a connection attempt, built once from the settings (roots loaded then), and
-/// turned into a [`Connector`] for each connection.
+/// The TLS side of the source, built once from the settings (roots loaded then), and turned
+/// into a `rustls::ClientConnection` for each connection.
 #[cfg(feature = "tls")]
-pub use connect::{Connector, TlsClient};
+pub use connect::TlsClient;
 
 #[cfg(feature = "tls")]
 mod connect {
     //! rustls (ring provider): certificate checks done by our verifier so that verify-ca
     //! (chain only) and require (nothing) are expressed exactly, and failures are named.
-    use std::future::Future;
-    use std::io;
-    use std::pin::Pin;
     use std::sync::Arc;
-    use std::task::{Context, Poll};
 
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
@@ -285,11 +137,8 @@ mod connect {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::server::ParsedCertificate;
-    use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
-    use rustls::{Error as RustlsError, SignatureScheme};
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-    use tokio::net::TcpStream;
-    use tokio_postgres::tls::{ChannelBinding, TlsConnect};
+    use rustls::{CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct};
+    use rustls::{Error as RustlsError, RootCertStore, SignatureScheme};
 
     use super::{Roots, TlsSettings};
 
@@ -326,15 +175,18 @@ mod connect {
             })
         }
 
-        /// A connector for one connection to `host` (the name certificates are checked for).
-        pub fn connector(&self, host: &str) -> Result<Connector, String> {
+        /// A new client session for one connection to `host` (the name certificates are
+        /// checked for). Sans-IO: the caller moves its bytes.
+        pub fn connection(&self, host: &str) -> Result<ClientConnection, String> {
             let name = ServerName::try_from(host.to_owned())
                 .map_err(|_| format!("'{}' is not a valid TLS server name", host.escape_debug()))?;
-            Ok(Connector {
-                config: self.config.clone(),
-                name,
-                roots: self.roots.clone(),
-            })
+            ClientConnection::new(self.config.clone(), name)
+                .map_err(|e| format!("TLS setup for '{}': {e}", host.escape_debug()))
+        }
+
+        /// A handshake failure in words an operator can act on.
+        pub fn explain(&self, e: &RustlsError, host: &str) -> String {
+            explain(e, host, self.roots.as_ref())
         }
     }
 
@@ -441,58 +293,17 @@ mod connect {
         }
     }
 
-    /// One connection's TLS handshake (tokio-postgres's `TlsConnect`).
-    pub struct Connector {
-        config: Arc<ClientConfig>,
-        name: ServerName<'static>,
-        roots: Option<Roots>,
-    }
-
-    type Handshake = Pin<Box<dyn Future<Output = Result<Stream, HandshakeError>> + Send>>;
-
-    impl TlsConnect<TcpStream> for Connector {
-        type Stream = Stream;
-        type Error = HandshakeError;
-        type Future = Handshake;
-
-        fn connect(self, stream: TcpStream) -> Handshake {
-            Box::pin(async move {
-                let connector = tokio_rustls::TlsConnector::from(self.config);
-                match connector.connect(self.name.clone(), stream).await {
-                    Ok(tls) => Ok(Stream(Box::new(tls))),
-                    Err(e) => Err(HandshakeError(explain(&e, &self.name, self.roots.as_ref()))),
-                }
-            })
-        }
-    }
-
-    /// A handshake failure in words an operator can act on.
-    #[derive(Debug)]
-    pub struct HandshakeError(String);
-
-    impl std::fmt::Display for HandshakeError {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl std::error::Error for HandshakeError {}
-
-    fn explain(e: &io::Error, name: &ServerName<'_>, roots: Option<&Roots>) -> String {
-        let host = name.to_str();
+    fn explain(e: &RustlsError, host: &str, roots: Option<&Roots>) -> String {
         let roots = roots.map_or_else(String::new, |r| r.to_string());
-        match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<RustlsError>())
-        {
-            Some(RustlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => format!(
+        match e {
+            RustlsError::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
                 "server certificate of '{host}' is not signed by a CA in {roots} (unknown CA; \
                  check sslrootcert)"
             ),
-            Some(RustlsError::InvalidCertificate(CertificateError::NotValidForNameContext {
+            RustlsError::InvalidCertificate(CertificateError::NotValidForNameContext {
                 presented,
                 ..
-            })) => {
+            }) => {
                 let names: Vec<&str> = presented.iter().map(|n| presented_name(n)).collect();
                 format!(
                     "server certificate for '{}' is not valid for '{host}' (host name \
@@ -501,14 +312,13 @@ mod connect {
                     names.join("', '")
                 )
             }
-            Some(RustlsError::InvalidCertificate(CertificateError::NotValidForName)) => {
+            RustlsError::InvalidCertificate(CertificateError::NotValidForName) => {
                 format!("server certificate is not valid for '{host}' (host name mismatch)")
             }
-            Some(RustlsError::InvalidCertificate(c)) => {
+            RustlsError::InvalidCertificate(c) => {
                 format!("server certificate of '{host}' rejected: {c:?}")
             }
-            Some(other) => format!("TLS handshake with '{host}': {other}"),
-            None => format!("TLS handshake with '{host}': {e}"),
+            other => format!("TLS handshake with '{host}': {other}"),
         }
     }
 
@@ -521,132 +331,11 @@ mod connect {
         }
         n
     }
-
-    /// The encrypted stream (boxed: tokio-rustls's is large and lives as long as the
-    /// connection).
-    pub struct Stream(Box<tokio_rustls::client::TlsStream<TcpStream>>);
-
-    impl tokio_postgres::tls::TlsStream for Stream {
-        fn channel_binding(&self) -> ChannelBinding {
-            // tls-server-end-point needs the hash of the certificate's own signature
-            // algorithm; without an X.509 parser we offer none (SCRAM still works, without
-            // the -PLUS binding).
-            ChannelBinding::none()
-        }
-    }
-
-    impl AsyncRead for Stream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut *self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Stream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut *self.0).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut *self.0).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut *self.0).poll_shutdown(cx)
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn split(s: &str) -> (String, SslMode, Option<String>) {
-        let (rest, t) = split_tls_params(s).unwrap();
-        (rest, t.mode, t.rootcert)
-    }
-
-    #[test]
-    fn url_parameters_are_taken_out() {
-        assert_eq!(
-            split("postgres://a:p@h/d"),
-            ("postgres://a:p@h/d".into(), SslMode::Prefer, None)
-        );
-        assert_eq!(
-            split("postgres://a:p@h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"),
-            (
-                "postgres://a:p@h/d".into(),
-                SslMode::VerifyFull,
-                Some("/etc/ca.pem".into())
-            )
-        );
-        assert_eq!(
-            split("postgresql://a@h:5/d?application_name=x&sslmode=require&connect_timeout=3"),
-            (
-                "postgresql://a@h:5/d?application_name=x&connect_timeout=3".into(),
-                SslMode::Require,
-                None
-            )
-        );
-        // A '?' in the password is part of the credentials, as tokio-postgres reads them.
-        assert_eq!(
-            split("postgres://a:p?w@h?sslmode=disable&sslmode=verify-ca"),
-            ("postgres://a:p?w@h".into(), SslMode::VerifyCa, None)
-        );
-        assert_eq!(
-            split("postgres://h?sslrootcert=system"),
-            (
-                "postgres://h".into(),
-                SslMode::Prefer,
-                Some("system".into())
-            )
-        );
-    }
-
-    #[test]
-    fn key_value_parameters_are_taken_out() {
-        assert_eq!(
-            split("host=h user=a sslmode=verify-ca dbname=d"),
-            ("host=h user=a  dbname=d".into(), SslMode::VerifyCa, None)
-        );
-        assert_eq!(
-            split("sslrootcert = '/etc/my ca\\'s.pem' password='x y' sslmode='verify-full'"),
-            (
-                " password='x y' ".into(),
-                SslMode::VerifyFull,
-                Some("/etc/my ca's.pem".into())
-            )
-        );
-        assert_eq!(
-            split("host=h sslrootcert=a\\ b"),
-            ("host=h ".into(), SslMode::Prefer, Some("a b".into()))
-        );
-        // Malformed: left whole for tokio-postgres's own error.
-        assert_eq!(split("nonsense = = =").0, "nonsense = = =");
-        assert_eq!(
-            split("host='h sslmode=require").0,
-            "host='h sslmode=require"
-        );
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        for (s, want) in [
-            ("postgres://h?sslmode=verify_full", "sslmode 'verify_full'"),
-            ("host=h sslmode=allow", "sslmode=allow"),
-            ("host=h sslrootcert=''", "sslrootcert is empty"),
-        ] {
-            let e = split_tls_params(s).unwrap_err();
-            assert!(e.contains(want), "{s}: {e}");
-        }
-    }
 
     #[test]
     fn roots_follow_the_mode() {

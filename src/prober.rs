@@ -141,6 +141,8 @@ pub struct Prober {
     interval: Duration,
     timeout: Duration,
     next_cycle: Instant,
+    /// With a phase (see [`Prober::set_phase`]): an instant on the cycle grid.
+    grid: Option<Instant>,
     cycle: Option<Cycle>,
     inflight: Option<InFlight>,
     /// Probes skipped in a row for lack of the agent's own resources (logged when it starts
@@ -163,9 +165,38 @@ impl Prober {
             interval,
             timeout,
             next_cycle: now,
+            grid: None,
             cycle: None,
             inflight: None,
             skipped: 0,
+        }
+    }
+
+    /// Puts cycles on a grid: after the first (due at once), each starts when the wall clock
+    /// is `phase` past a multiple of the interval, the grid point nearest to when it would be
+    /// due. A fleet whose phases are spread (derived from each host's name, so stable across
+    /// restarts) spreads its route fetches over the interval instead of sending them in step.
+    pub fn set_phase(&mut self, phase: Duration, now: Instant, wall: SystemTime) {
+        let period = self.interval.as_nanos().max(1);
+        let since_epoch = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let past_grid = (since_epoch + period - phase.as_nanos() % period) % period;
+        self.grid = now.checked_sub(Duration::from_nanos(past_grid as u64));
+    }
+
+    /// `due` moved to the nearest grid point (unchanged without a phase).
+    fn align(&self, due: Instant) -> Instant {
+        let Some(grid) = self.grid else {
+            return due;
+        };
+        let period = self.interval.as_nanos().max(1);
+        let off = due.saturating_duration_since(grid).as_nanos() % period;
+        if off * 2 < period {
+            due - Duration::from_nanos(off as u64)
+        } else {
+            due + Duration::from_nanos((period - off) as u64)
         }
     }
 
@@ -248,7 +279,7 @@ impl Prober {
                 self.next_cycle = if overran {
                     now
                 } else {
-                    started + self.interval
+                    self.align(started + self.interval)
                 };
                 log::debug!(
                     "probe cycle done in {duration:?}, {} routes",
@@ -725,6 +756,34 @@ fn from_error(e: &io::Error, address: SocketAddr) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_puts_cycles_on_the_wall_clock_grid() {
+        let interval = Duration::from_secs(30);
+        let resolver = Resolver::new(crate::dns::ResolverConfig::system());
+        let now = Instant::now();
+        // The wall clock is 10 s past a multiple of 30 s; the phase is 25 s.
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(30 * 1000 + 10);
+        let mut p = Prober::new(resolver, true, interval, Duration::from_secs(1), now);
+        p.set_phase(Duration::from_secs(25), now, wall);
+        // Grid points: now + 15 s, now + 45 s, ...; now - 15 s.
+        assert_eq!(p.align(now + interval), now + Duration::from_secs(45));
+        assert_eq!(
+            p.align(now + Duration::from_secs(16)),
+            now + Duration::from_secs(15)
+        );
+        assert_eq!(
+            p.align(now + Duration::from_secs(15)),
+            now + Duration::from_secs(15)
+        );
+        assert_eq!(
+            p.align(now - Duration::from_secs(1)),
+            now - Duration::from_secs(15)
+        );
+        // A phase past the interval wraps.
+        p.set_phase(Duration::from_secs(55), now, wall);
+        assert_eq!(p.align(now + interval), now + Duration::from_secs(45));
+    }
     use crate::route::Route;
     use mio::{Events, Poll};
 

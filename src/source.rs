@@ -1,7 +1,7 @@
 //! Route sources: where the route set comes from, and when it is read again.
 //!
-//! Two sources: the routes file, and (feature `postgres`) the fleet database, read once per
-//! probe cycle through `source_pg`.
+//! Two sources: the routes file, read at once when asked, and (feature `postgres`) the fleet
+//! database, fetched once per probe cycle by `source_pg`'s state machine on the event loop.
 //!
 //! The routes file is checked once per probe cycle (by modification time, size and inode) and
 //! on SIGHUP; an unchanged file is not read. A changed file is read only once it has settled
@@ -17,6 +17,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
+
+use mio::{Registry, Token};
 
 use crate::route::{self, Route};
 
@@ -43,37 +45,116 @@ pub enum Refresh {
 }
 
 impl RouteSource {
-    /// Reads the source again: the file if it changed (or always, with `force`), the database
-    /// every time (bounded: see `source_pg`). Returns the result and how long it blocked.
-    pub fn refresh(&mut self, force: bool, now: Instant) -> (Refresh, Duration) {
-        let started = Instant::now();
-        let refresh = match self {
-            RouteSource::None => Refresh::Unchanged,
-            RouteSource::File(f) => f.refresh(force, now, SystemTime::now()),
+    /// Reads the source again: the file if it changed (or always, with `force`), at once; the
+    /// database every time, as a fetch on the loop. `Some` is the result and how long the read
+    /// took; `None` means a fetch is under way and its result comes from
+    /// [`RouteSource::on_event`] or [`RouteSource::on_deadline`].
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn begin(
+        &mut self,
+        force: bool,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<(Refresh, Duration)> {
+        match self {
+            RouteSource::None => Some((Refresh::Unchanged, Duration::ZERO)),
+            RouteSource::File(f) => {
+                let started = Instant::now();
+                let refresh = f.refresh(force, now, SystemTime::now());
+                Some((refresh, started.elapsed()))
+            }
             #[cfg(feature = "postgres")]
             RouteSource::Pg(pg) => {
-                use crate::source_pg::Fetch;
-                match pg.fetch(now) {
-                    Fetch::Routes(routes) => Refresh::Routes(routes),
-                    Fetch::NotRegistered => Refresh::NotRegistered(format!(
-                        "database {}: no vps row for host name '{}' (or it is retired/deleted): probing nothing, will look again next interval",
-                        pg.describe(),
-                        pg.hostname()
-                    )),
-                    Fetch::Ambiguous(ids) => Refresh::NotRegistered(format!(
-                        "database {}: {} vps rows for host name '{}' ({}): probing nothing until one is left",
-                        pg.describe(),
-                        ids.len(),
-                        pg.hostname(),
-                        ids.join(", ")
-                    )),
-                    Fetch::Failed(message) => Refresh::Failed(format!("database {}: {message}", pg.describe())),
-                    Fetch::Backoff => Refresh::Unchanged,
-                }
+                let fetch = pg.begin(now, registry, tokens)?;
+                Some(pg_refresh(pg, fetch))
             }
-        };
-        (refresh, started.elapsed())
+        }
     }
+
+    /// An event for one of the source's tokens (see [`RouteSource::owns`]).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn on_event(
+        &mut self,
+        token: Token,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<(Refresh, Duration)> {
+        match self {
+            #[cfg(feature = "postgres")]
+            RouteSource::Pg(pg) => {
+                let fetch = pg.on_event(token, now, registry, tokens)?;
+                Some(pg_refresh(pg, fetch))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`RouteSource::next_deadline`] passed.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn on_deadline(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<(Refresh, Duration)> {
+        match self {
+            #[cfg(feature = "postgres")]
+            RouteSource::Pg(pg) => {
+                let fetch = pg.on_deadline(now, registry, tokens)?;
+                Some(pg_refresh(pg, fetch))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `token` belongs to the source (the database's socket or name lookup).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub fn owns(&self, token: Token) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            RouteSource::Pg(pg) => pg.owns(token),
+            _ => false,
+        }
+    }
+
+    /// When [`RouteSource::on_deadline`] must be called at the latest.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            #[cfg(feature = "postgres")]
+            RouteSource::Pg(pg) => pg.next_deadline(),
+            _ => None,
+        }
+    }
+}
+
+/// A fetch's result in the terms of every source, with how long it took.
+#[cfg(feature = "postgres")]
+fn pg_refresh(
+    pg: &crate::source_pg::PgSource,
+    fetch: crate::source_pg::Fetch,
+) -> (Refresh, Duration) {
+    use crate::source_pg::Fetch;
+    let took = pg.last_fetch_duration().unwrap_or_default();
+    let refresh = match fetch {
+        Fetch::Routes(routes) => Refresh::Routes(routes),
+        Fetch::NotRegistered => Refresh::NotRegistered(format!(
+            "database {}: no vps row for host name '{}' (or it is retired/deleted): probing nothing, will look again next interval",
+            pg.describe(),
+            pg.hostname()
+        )),
+        Fetch::Ambiguous(ids) => Refresh::NotRegistered(format!(
+            "database {}: {} vps rows for host name '{}' ({}): probing nothing until one is left",
+            pg.describe(),
+            ids.len(),
+            pg.hostname(),
+            ids.join(", ")
+        )),
+        Fetch::Failed(message) => Refresh::Failed(format!("database {}: {message}", pg.describe())),
+        Fetch::Backoff => return (Refresh::Unchanged, Duration::ZERO),
+    };
+    (refresh, took)
 }
 
 /// A changed routes file is read once it has settled: not modified for this long (its mtime),

@@ -1,90 +1,81 @@
-//! The PostgreSQL route source: reads this VPS's active Envoy L4 routes from the fleet's
-//! database once per probe cycle (behind the `postgres` cargo feature).
+//! The PostgreSQL route source (feature `postgres`): reads this VPS's active Envoy L4 routes
+//! from the fleet's database once per probe cycle, as a state machine on the agent's one
+//! `mio::Poll`. Nothing here ever waits: the event loop calls [`PgSource::begin`] when a cycle
+//! is due, [`PgSource::on_event`] for this source's tokens and [`PgSource::on_deadline`]
+//! when [`PgSource::next_deadline`] passes; each returns the [`Fetch`] once it is known.
 //!
-//! Why it looks like this: the agent is one thread around one `mio` poll, so a database call
-//! blocks everything else while it runs. Every call here is therefore bounded — connect, startup
-//! and authentication together by [`CONNECT_TIMEOUT`], the whole per-cycle transaction by
-//! [`QUERY_TIMEOUT`] on our side and [`STATEMENT_TIMEOUT`] on the server's — and the duration of
-//! each fetch is measured ([`PgSource::last_fetch_duration`], [`PgSource::worst_fetch_duration`]).
-//! We drive `tokio-postgres` on a current-thread runtime of our own (the same thing the sync
-//! `postgres` crate does inside, minus its unbounded calls): it starts no thread, and since we
-//! open the socket ourselves and hand it to `connect_raw`, there is no getaddrinfo thread either.
+//! A connection goes: the host's name through the agent's own resolver (`dns::Lookup`, same
+//! loop) → a non-blocking connect (TCP or a unix socket) → `SSLRequest` and a rustls
+//! handshake when the `sslmode` asks (feature `tls`; `rustls::ClientConnection` is sans-IO,
+//! its bytes pumped here) → startup and authentication → idle, kept for the next cycle. The
+//! protocol itself is the pure session in `pg_wire`; conninfo parsing is `pg_conninfo`.
 //!
-//! One cycle is one round trip: `BEGIN READ ONLY` + `SET LOCAL` timeouts, the registration query,
-//! the routes query and `COMMIT` are pipelined. Registration (the one `vps` row with our hostname
-//! that is not retired/deleted) is re-read every cycle, so a VPS added or deleted while the agent
-//! runs is noticed within one interval. The queries use the unnamed statement of the extended
-//! protocol (`query_typed`) and `SET LOCAL` only, so nothing outlives the transaction: this works
-//! through PgBouncer in transaction pooling mode (which cannot keep named prepared statements
-//! before 1.21, nor session settings, and rejects unknown startup parameters such as `options`).
+//! Bounds: DNS, connect, TLS and authentication together by [`CONNECT_TIMEOUT`]; the cycle's
+//! one round trip by [`QUERY_TIMEOUT`] on our side and [`STATEMENT_TIMEOUT`] on the server's.
+//! A reused connection found dead (the server restarted since the last cycle) is replaced at
+//! once, within the same fetch. On any failure the connection is dropped and the next attempt
+//! waits a random delay between 0 and a cap that doubles from [`BACKOFF_MIN`] to
+//! [`BACKOFF_MAX`] (full jitter, counted from the end of the failed attempt), so that a fleet
+//! does not reconnect in step after a database restart; the caller keeps its last routes.
 //!
-//! On any error the connection is dropped and reconnects back off exponentially
-//! ([`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]); the caller keeps its last routes meanwhile.
-//! A reused connection that fails (e.g. the server restarted since the last cycle) is retried
-//! once at once on a fresh connection, so a restart between cycles costs no cycle.
+//! The password comes from the URL, `PGPASSWORD`, or a libpq password file (`passfile=`,
+//! `PGPASSFILE`, else `~/.pgpass`; ignored with a warning unless it is a regular file without
+//! group or world access, as libpq). It is sent only as the server's method needs it: SCRAM
+//! or md5 anywhere, clear text only over TLS or to a local address. It never appears in
+//! errors, logs or [`PgSource::describe`].
 //!
-//! TLS (feature `tls`): `sslmode` and `sslrootcert` as libpq, parsed and verified in
-//! [`crate::pg_tls`]; the handshake runs inside the connect bound, and its failures are
-//! outages like any other, named by the check that failed.
-//!
-//! Limits: one database host (no multi-host failover); a database host name is resolved by
-//! the agent's own resolver within [`DNS_TIMEOUT`] ([`resolve_db_host`]); at most
-//! [`MAX_ROUTES`] routes; fields longer
-//! than [`MAX_FIELD_LEN`] are cut by the server before they are sent, then rejected.
-//! The password never appears in errors, logs or [`PgSource::describe`].
+//! Limits: one database host; at most [`MAX_ROUTES`] routes; fields longer than
+//! [`MAX_FIELD_LEN`] are cut by the server before they are sent, then rejected; server
+//! messages up to `pg_wire::MAX_MESSAGE_BYTES`.
 
-use std::future::{poll_fn, Future};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::pin::pin;
-use std::str::FromStr;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::runtime::Runtime;
-use tokio::task::JoinHandle;
-use tokio_postgres::config::{Host, SslMode as TpSslMode};
-use tokio_postgres::tls::TlsConnect;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, NoTls, Row};
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+use postgres_protocol::message::frontend;
 
-use crate::dns::{Resolver, ResolverConfig};
+use crate::dns::{DnsFailure, Lookup, Resolver, ResolverConfig, Rng, Start};
+use crate::pg_conninfo::{self, ConnInfo, Target, MAX_PGPASS_BYTES};
 #[cfg(feature = "tls")]
-use crate::pg_tls::TlsClient;
-use crate::pg_tls::{split_tls_params, SslMode, TlsSettings};
+use crate::pg_tls::{SslMode, TlsClient};
+use crate::pg_wire::{self, Phase, Progress, Session, WireError};
 use crate::route::{Route, MAX_FIELD_LEN, MAX_ROUTES};
 
-/// Bound on TCP connect + startup + authentication, all addresses together. A database a
-/// LAN or a region away answers in milliseconds; 2 s is generous and still short enough that
-/// a dead database blocks the loop for at most this long per attempt.
+pub use crate::pg_conninfo::{APPLICATION_NAME, DEFAULT_PORT};
+
+/// Bound on resolving, connecting, TLS and authentication together. A database a LAN or a
+/// region away answers in milliseconds; 2 s is generous, and the cycle waits at most this
+/// long (plus [`QUERY_TIMEOUT`]) before it probes the routes it already knows.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Server-side bound on each statement (`SET LOCAL statement_timeout`, which also covers lock
 /// waits). The routes query reads a few thousand rows by index in milliseconds; 1 s means
 /// "the database is in trouble", and then we would rather keep the last routes.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Client-side bound on the whole per-cycle transaction (one pipelined round trip). Longer
-/// than [`STATEMENT_TIMEOUT`] so that a slow query ends with the server's clear error, not
-/// ours; it is what bounds a server or pooler that accepts bytes and never answers.
+/// Our bound on the cycle's transaction (one pipelined round trip). Longer than
+/// [`STATEMENT_TIMEOUT`] so that a slow query ends with the server's clear error, not ours;
+/// it is what bounds a server or pooler that accepts bytes and never answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// First reconnect delay after a failure: a restart of the database takes about a second.
+/// The first backoff cap after a failure: a restart of the database takes about a second.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Largest reconnect delay: during a long outage one blocked attempt (at most
-/// [`CONNECT_TIMEOUT`]) a minute costs nothing, and recovery is noticed within a minute.
+/// The largest backoff cap: during a long outage one attempt a minute (at most) costs
+/// nothing, and recovery is noticed within a minute.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Most `vps` ids read for one hostname: enough to name the duplicates in the warning.
 pub const MAX_VPS_IDS: usize = 10;
-/// Longest wait for the database host's name (on reconnect only), on top of
-/// [`CONNECT_TIMEOUT`]: the lookup blocks the loop like the connect does.
-pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
-/// The port when the URL names none, as libpq.
-pub const DEFAULT_PORT: u16 = 5432;
-/// Shown in `pg_stat_activity` and PgBouncer's `SHOW CLIENTS` unless the URL sets one.
-pub const APPLICATION_NAME: &str = "sigma-agent-lite";
+/// Bytes read from the socket per read call.
+const READ_CHUNK: usize = 16 * 1024;
 /// Passwords shorter than this are not scrubbed from messages (replacing every "ab" would
 /// garble the text); they are never put into messages in the first place anyway.
 const MIN_SCRUBBED_PASSWORD_LEN: usize = 4;
+
+const _: () = assert!(MAX_VPS_IDS <= pg_wire::MAX_VPS_ROWS);
 
 /// The registration query: our `vps` rows. Exactly one is expected.
 pub const VPS_SQL: &str = "SELECT id::text FROM vps \
@@ -111,7 +102,7 @@ pub const ROUTES_SQL: &str = "SELECT left(n.node_id, 254), left(r.name, 254), \
 // `left(.., 254)` above is MAX_FIELD_LEN + 1; keep them in step.
 const _: () = assert!(MAX_FIELD_LEN + 1 == 254);
 
-/// What one call of [`PgSource::fetch`] found.
+/// What a fetch found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetch {
     /// Registered; these are the routes to probe (possibly none).
@@ -126,54 +117,167 @@ pub enum Fetch {
     Backoff,
 }
 
-/// Where the database is, decided once from the URL.
-#[derive(Debug, Clone)]
-enum Target {
-    /// A host name or IP literal, resolved at each connect; `addrs` from `hostaddr=` if given.
-    Tcp {
-        host: String,
-        port: u16,
-        addrs: Vec<IpAddr>,
-    },
-    /// A unix-socket directory, as libpq: the socket is `DIR/.s.PGSQL.PORT`.
-    Unix { dir: PathBuf, port: u16 },
+/// The socket: TCP or a unix socket, both non-blocking.
+enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
 }
 
-/// An open connection: the client, and the task driving its socket on our runtime.
-struct Conn {
-    client: Client,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // Dropping the task drops the socket; nothing waits for the server.
-        self.task.abort();
+impl Io {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Io::Tcp(s) => s,
+            Io::Unix(s) => s,
+        }
     }
+
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Io::Tcp(s) => s.take_error(),
+            Io::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// `Ok` once the connect completed; `NotConnected` while it is in progress.
+    fn connected(&self) -> io::Result<()> {
+        match self {
+            Io::Tcp(s) => s.peer_addr().map(drop),
+            Io::Unix(s) => s.peer_addr().map(drop),
+        }
+    }
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.read(buf),
+            Io::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.write(buf),
+            Io::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The TLS session of a connection, when there is one.
+#[cfg(feature = "tls")]
+type Tls = Option<Box<rustls::ClientConnection>>;
+#[cfg(not(feature = "tls"))]
+type Tls = Option<std::convert::Infallible>;
+
+/// Where a connection is.
+enum Stage {
+    /// Waiting for the name server.
+    Resolving(Box<Lookup>),
+    /// Waiting for the connect to complete (WRITABLE).
+    Connecting(Io),
+    /// `SSLRequest` sent; waiting for the server's one-byte answer.
+    SslRequest(Io),
+    /// Connected: TLS (if any) and the protocol session on top (boxed: it is the large one).
+    Open {
+        io: Io,
+        tls: Tls,
+        session: Box<Session>,
+    },
+    /// Between two stages (never seen outside `pump_conn`).
+    Gone,
+}
+
+impl Stage {
+    /// What the stage is doing, for timeout messages.
+    fn doing(&self) -> &'static str {
+        match self {
+            Stage::Resolving(_) => "resolving the host name",
+            Stage::Connecting(_) => "connecting",
+            Stage::SslRequest(_) => "asking for TLS",
+            Stage::Gone => "closing",
+            Stage::Open { session, .. } => match session.phase() {
+                Phase::Starting => "starting up and authenticating",
+                _ => "reading routes",
+            },
+        }
+    }
+}
+
+/// A connection, open or on its way.
+struct Conn {
+    token: Token,
+    stage: Stage,
+    /// When the current phase must be done (connect, or the cycle's transaction).
+    deadline: Option<Instant>,
+    /// The address connected to, for messages.
+    addr: String,
+    /// Clear-text passwords may be sent: TLS, a unix socket or a loopback address.
+    local: bool,
+}
+
+/// A fetch in progress.
+struct InProgress {
+    started: Instant,
+    /// The connection was open before this fetch (a failure may just mean it went stale).
+    reused: bool,
+}
+
+/// Why a fetch failed.
+struct Failure {
+    /// The connection itself was found dead (closed, reset, server shutting down): worth one
+    /// immediate retry when it was a reused connection.
+    lost: bool,
+    message: String,
+}
+
+impl Failure {
+    fn new(message: String) -> Failure {
+        Failure {
+            lost: false,
+            message,
+        }
+    }
+    fn lost(message: String) -> Failure {
+        Failure {
+            lost: true,
+            message,
+        }
+    }
+}
+
+/// What the cycle's transaction read.
+struct ReadRows {
+    vps_ids: Vec<String>,
+    routes: Vec<pg_wire::Row>,
 }
 
 /// The PostgreSQL route source. See the module docs.
 pub struct PgSource {
+    info: ConnInfo,
     /// Looks up the database host's name when (re)connecting.
     resolver: Resolver,
-    config: Config,
-    target: Target,
-    /// `sslmode`/`sslrootcert` as the URL gave them (see `pg_tls`).
-    tls: TlsSettings,
     /// The TLS side, for TCP targets with any sslmode but `disable`.
     #[cfg(feature = "tls")]
     tls_client: Option<TlsClient>,
+    /// The password file to read when the URL and the environment give no password.
+    passfile: Option<PathBuf>,
+    /// The last warning about the password file, to say it once.
+    passfile_warning: Option<String>,
     hostname: String,
     described: String,
-    /// For scrubbing, when long enough to scrub (see [`MIN_SCRUBBED_PASSWORD_LEN`]).
-    password: Option<String>,
     begin_sql: String,
-    runtime: Runtime,
     conn: Option<Conn>,
-    /// The delay used after the last failure; None after a success.
+    fetch: Option<InProgress>,
+    /// The backoff cap after the last failure; None after a success.
     backoff: Option<Duration>,
-    /// No reconnect before this instant (caller's clock).
+    /// No reconnect before this instant.
     next_attempt: Option<Instant>,
+    rng: Rng,
     last_duration: Option<Duration>,
     worst_duration: Option<Duration>,
     /// The skipped-row warnings of the last fetch, to log each problem once, not every cycle.
@@ -181,73 +285,35 @@ pub struct PgSource {
 }
 
 impl PgSource {
-    /// Parses a URL (`postgres://user@host:port/db`) or key=value string, as libpq, and applies
-    /// our bounds. `pgpassword` (the caller reads `PGPASSWORD`) is used when the URL has no
-    /// password. Errors never contain the password.
+    /// Parses a URL (`postgres://user@host:port/db`) or key=value string, as libpq, and loads
+    /// the TLS roots the `sslmode` needs. `pgpassword` (the caller reads `PGPASSWORD`) is used
+    /// when the string has no password. Errors never contain the password.
     pub fn new(
         database_url: &str,
         hostname: &str,
         pgpassword: Option<&str>,
     ) -> Result<PgSource, String> {
-        let (rest, tls) =
-            split_tls_params(database_url).map_err(|e| format!("database URL: {e}"))?;
-        let mut config =
-            Config::from_str(&rest).map_err(|e| format!("database URL: {}", error_text(&e)))?;
+        let info = pg_conninfo::parse(database_url, pgpassword)
+            .map_err(|e| format!("database URL: {e}"))?;
         if hostname.is_empty() {
             return Err("the hostname to register as is empty".into());
         }
-        let user = config
-            .get_user()
-            .ok_or("database URL names no user (e.g. postgres://sigma_agent@10.0.0.5/sigma)")?
-            .to_owned();
-        if config.get_password().is_none() {
-            if let Some(pw) = pgpassword.filter(|p| !p.is_empty()) {
-                config.password(pw);
-            }
-        }
-        let password = config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .filter(|p| p.len() >= MIN_SCRUBBED_PASSWORD_LEN);
-        if config.get_application_name().is_none() {
-            config.application_name(APPLICATION_NAME);
-        }
-        let target = target_of(&config)?;
         // As libpq, TLS is never used over a unix socket, whatever the sslmode.
-        let tcp = matches!(target, Target::Tcp { .. });
-        config.ssl_mode(match tls.mode {
-            SslMode::Disable => TpSslMode::Disable,
-            _ if !tcp => TpSslMode::Disable,
-            SslMode::Prefer => TpSslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => TpSslMode::Require,
-        });
+        let tcp = matches!(info.target, Target::Tcp { .. });
         #[cfg(feature = "tls")]
-        let tls_client = match tls.mode {
+        let tls_client = match info.tls.mode {
             SslMode::Disable => None,
             _ if !tcp => None,
-            _ => Some(TlsClient::new(&tls).map_err(|e| format!("database URL: {e}"))?),
+            _ => Some(TlsClient::new(&info.tls).map_err(|e| format!("database URL: {e}"))?),
         };
         #[cfg(not(feature = "tls"))]
-        if tcp && tls.mode.requires_tls() {
+        if tcp && info.tls.mode.requires_tls() {
             return Err(format!(
                 "database URL: sslmode={} needs TLS, which this build leaves out (built without \
                  the `tls` cargo feature); rebuild with it, or use sslmode=disable or prefer",
-                tls.mode
+                info.tls.mode
             ));
         }
-        let db = config.get_dbname().unwrap_or(&user).to_owned();
-        let described = match &target {
-            Target::Tcp { host, port, .. } if host.contains(':') => {
-                format!("{user}@[{host}]:{port}/{db}")
-            }
-            Target::Tcp { host, port, .. } => format!("{user}@{host}:{port}/{db}"),
-            Target::Unix { dir, port } => format!("{user}@{}:{port}/{db}", dir.display()),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("cannot set up the database client's poller: {e}"))?;
         let begin_sql = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
              SET LOCAL statement_timeout = {}; \
@@ -256,23 +322,23 @@ impl PgSource {
             QUERY_TIMEOUT.as_millis()
         );
         Ok(PgSource {
-            config,
-            target,
-            tls,
+            described: info.describe(),
+            passfile: info.passfile.as_ref().map(PathBuf::from),
+            info,
+            resolver: Resolver::new(ResolverConfig::system()),
             #[cfg(feature = "tls")]
             tls_client,
+            passfile_warning: None,
             hostname: hostname.to_owned(),
-            described,
-            password,
             begin_sql,
-            runtime,
             conn: None,
+            fetch: None,
             backoff: None,
             next_attempt: None,
+            rng: Rng::from_urandom(),
             last_duration: None,
             worst_duration: None,
             last_skipped: Vec::new(),
-            resolver: Resolver::new(ResolverConfig::system()),
         })
     }
 
@@ -287,46 +353,214 @@ impl PgSource {
         self.resolver = Resolver::new(config);
     }
 
+    /// The password file (`PGPASSFILE`, else `~/.pgpass`) to read when no password is given;
+    /// a `passfile=` in the URL wins over it.
+    pub fn set_passfile(&mut self, path: Option<PathBuf>) {
+        if self.info.passfile.is_none() {
+            self.passfile = path;
+        }
+    }
+
     /// The host name this agent registers as.
     pub fn hostname(&self) -> &str {
         &self.hostname
     }
 
-    /// How long the last fetch that talked to the database blocked.
+    /// How long the last fetch that talked to the database took.
     pub fn last_fetch_duration(&self) -> Option<Duration> {
         self.last_duration
     }
 
-    /// The longest any fetch has blocked since start.
+    /// The longest fetch since start.
     pub fn worst_fetch_duration(&self) -> Option<Duration> {
         self.worst_duration
     }
 
-    /// One probe cycle's read. Blocks, but boundedly: on an open connection at most
-    /// [`QUERY_TIMEOUT`]; when it must connect, [`CONNECT_TIMEOUT`] + [`QUERY_TIMEOUT`]. When an
-    /// open connection turns out dead (closed or reset: the server restarted since the last
-    /// cycle) it reconnects at once, so the theoretical worst is `CONNECT_TIMEOUT +
-    /// 2 × QUERY_TIMEOUT` (6 s); a dead connection is normally noticed in well under 1 ms.
-    /// `now` (the caller's clock) decides whether a reconnect is due.
-    pub fn fetch(&mut self, now: Instant) -> Fetch {
-        if self.conn.is_none() && self.next_attempt.is_some_and(|due| now < due) {
-            return Fetch::Backoff;
+    /// When the next reconnect is allowed, after a failure.
+    pub fn next_attempt(&self) -> Option<Instant> {
+        self.next_attempt
+    }
+
+    /// The backoff cap in force (None after a success).
+    pub fn backoff_cap(&self) -> Option<Duration> {
+        self.backoff
+    }
+
+    /// Whether the connection is open and ready for a cycle.
+    fn idle(&self) -> bool {
+        self.conn.as_ref().is_some_and(
+            |c| matches!(&c.stage, Stage::Open { session, .. } if session.phase() == Phase::Idle),
+        )
+    }
+
+    /// Whether a fetch is in progress.
+    pub fn fetching(&self) -> bool {
+        self.fetch.is_some()
+    }
+
+    /// Whether `token` is this source's (its socket or its name lookup).
+    pub fn owns(&self, token: Token) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.token == token)
+    }
+
+    /// When [`PgSource::on_deadline`] must be called at the latest.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        // An idle connection between fetches waits for nothing.
+        self.fetch.as_ref()?;
+        let conn = self.conn.as_ref()?;
+        match &conn.stage {
+            Stage::Resolving(lookup) => Some(
+                conn.deadline
+                    .map_or(lookup.next_deadline(), |d| d.min(lookup.next_deadline())),
+            ),
+            _ => conn.deadline,
         }
-        let started = Instant::now();
-        let reused = self.conn.is_some();
-        let mut result = self.read_once();
-        if let Err(Failure {
-            stale: true,
-            message,
-            ..
-        }) = &result
-        {
-            if reused {
-                debug!("database: reused connection failed ({message}); retrying on a new one");
-                result = self.read_once();
+    }
+
+    /// Starts the cycle's fetch. `Some` when the answer is known at once (a reconnect not due
+    /// yet, a failure that needs no waiting); `None` when it is under way: the result comes
+    /// from [`PgSource::on_event`] or [`PgSource::on_deadline`]. While a fetch is under way
+    /// another call does nothing and returns `None`.
+    pub fn begin(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<Fetch> {
+        if self.fetch.is_some() {
+            return None;
+        }
+        if self.next_attempt.is_some_and(|due| now < due) {
+            return Some(Fetch::Backoff);
+        }
+        let reused = self.conn.as_ref().is_some_and(
+            |c| matches!(&c.stage, Stage::Open { session, .. } if session.phase() == Phase::Idle),
+        );
+        if !reused {
+            // A half-open connection from before (cannot happen between fetches, but be sure).
+            self.drop_conn(registry);
+        }
+        self.fetch = Some(InProgress {
+            started: now,
+            reused,
+        });
+        let step = if reused {
+            self.start_cycle(now)
+                .and_then(|()| self.pump(now, registry))
+        } else {
+            self.connect(now, registry, tokens)
+        };
+        self.settle(step, now, registry, tokens)
+    }
+
+    /// An event for one of this source's tokens.
+    pub fn on_event(
+        &mut self,
+        token: Token,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<Fetch> {
+        if !self.owns(token) {
+            return None;
+        }
+        let step = self.pump(now, registry);
+        if self.fetch.is_none() {
+            // An idle connection spoke: the server closed it or is shutting down.
+            if let Err(f) = step {
+                debug!(
+                    "database {}: idle connection ended: {}",
+                    self.described, f.message
+                );
+                self.drop_conn(registry);
             }
+            return None;
         }
-        let took = started.elapsed();
+        self.settle(step, now, registry, tokens)
+    }
+
+    /// The deadline of the current phase, or the name server's retry time, passed.
+    pub fn on_deadline(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<Fetch> {
+        let conn = self.conn.as_mut()?;
+        let expired = conn.deadline.is_some_and(|d| now >= d);
+        let step = if expired {
+            let (doing, bound) = match &conn.stage {
+                Stage::Open { session, .. } if session.phase() == Phase::Reading => {
+                    (conn.stage.doing().to_owned(), "QUERY_TIMEOUT")
+                }
+                Stage::Resolving(_) => (
+                    format!("resolving '{}'", self.tls_host().escape_debug()),
+                    "CONNECT_TIMEOUT",
+                ),
+                stage => (
+                    format!("{} {}", stage.doing(), conn.addr),
+                    "CONNECT_TIMEOUT",
+                ),
+            };
+            let limit = if bound == "QUERY_TIMEOUT" {
+                QUERY_TIMEOUT
+            } else {
+                CONNECT_TIMEOUT
+            };
+            Err(Failure::new(format!(
+                "no answer within {} ms while {doing} ({bound})",
+                limit.as_millis()
+            )))
+        } else if let Stage::Resolving(lookup) = &mut conn.stage {
+            let result = lookup.on_timeout(&mut self.resolver, registry, now)?;
+            let mut conn = self.conn.take()?;
+            let resolved = self.resolved(result, &mut conn, registry);
+            self.conn = Some(conn);
+            resolved.map(|()| None)
+        } else {
+            return None;
+        };
+        self.settle(step, now, registry, tokens)
+    }
+
+    /// Turns a step's outcome into the fetch's result, retrying a stale reused connection once.
+    fn settle(
+        &mut self,
+        step: Result<Option<ReadRows>, Failure>,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Option<Fetch> {
+        let failure = match step {
+            Ok(None) => return None,
+            Ok(Some(read)) => return Some(self.finish(Ok(read), now, registry)),
+            Err(f) => f,
+        };
+        let retry = failure.lost && self.fetch.as_ref().is_some_and(|f| f.reused);
+        if !retry {
+            return Some(self.finish(Err(failure), now, registry));
+        }
+        debug!(
+            "database {}: reused connection failed ({}); retrying on a new one",
+            self.described, failure.message
+        );
+        self.drop_conn(registry);
+        if let Some(f) = &mut self.fetch {
+            f.reused = false;
+        }
+        let step = self.connect(now, registry, tokens);
+        self.settle(step, now, registry, tokens)
+    }
+
+    /// Ends the fetch: durations, backoff, and the result.
+    fn finish(
+        &mut self,
+        result: Result<ReadRows, Failure>,
+        now: Instant,
+        registry: &Registry,
+    ) -> Fetch {
+        let started = self.fetch.take().map_or(now, |f| f.started);
+        let took = now.saturating_duration_since(started);
         self.last_duration = Some(took);
         self.worst_duration = Some(self.worst_duration.map_or(took, |w| w.max(took)));
         match result {
@@ -338,21 +572,27 @@ impl PgSource {
                 self.classify(read)
             }
             Err(failure) => {
-                self.conn = None;
-                // Let the runtime run the aborted socket task now, so the socket closes now
-                // rather than at the next attempt (up to BACKOFF_MAX away).
-                self.runtime.block_on(tokio::task::yield_now());
-                let delay = self
+                // A cycle the server refused (a statement timeout, a permission error) leaves
+                // the connection idle and sound: keep it, and save a reconnect (and its SCRAM
+                // work) for the next attempt.
+                if self.idle() {
+                    if let Some(conn) = &mut self.conn {
+                        conn.deadline = None;
+                    }
+                } else {
+                    self.drop_conn(registry);
+                }
+                let cap = self
                     .backoff
                     .map_or(BACKOFF_MIN, |d| d.saturating_mul(2).min(BACKOFF_MAX));
-                self.backoff = Some(delay);
-                self.next_attempt = Some(now + delay);
+                self.backoff = Some(cap);
+                self.next_attempt = Some(now + jitter(&mut self.rng, cap));
                 Fetch::Failed(self.scrub(failure.message))
             }
         }
     }
 
-    fn classify(&mut self, read: Read) -> Fetch {
+    fn classify(&mut self, read: ReadRows) -> Fetch {
         match read.vps_ids.len() {
             0 => Fetch::NotRegistered,
             1 => {
@@ -371,248 +611,533 @@ impl PgSource {
         }
     }
 
-    /// Connects if needed, then runs the cycle's transaction.
-    fn read_once(&mut self) -> Result<Read, Failure> {
-        if self.conn.is_none() {
-            self.conn = Some(self.connect()?);
+    /// Starts a new connection: the name first if it is not an address.
+    fn connect(
+        &mut self,
+        now: Instant,
+        registry: &Registry,
+        tokens: &mut dyn FnMut() -> Token,
+    ) -> Result<Option<ReadRows>, Failure> {
+        self.drop_conn(registry);
+        let mut conn = Conn {
+            token: tokens(),
+            stage: Stage::Gone,
+            deadline: Some(now + CONNECT_TIMEOUT),
+            addr: String::new(),
+            local: false,
+        };
+        let stage = match &self.info.target {
+            Target::Unix { dir, port } => {
+                let path = format!("{dir}/.s.PGSQL.{port}");
+                let stream =
+                    UnixStream::connect(&path).map_err(|e| Failure::new(format!("{path}: {e}")))?;
+                conn.addr = path;
+                conn.local = true;
+                Stage::Connecting(Io::Unix(stream))
+            }
+            Target::Tcp { addr: Some(ip), .. } => self.connect_tcp(*ip, &mut conn)?,
+            Target::Tcp { host, .. } => {
+                self.resolver.reload_if_changed();
+                match self.resolver.start(host, now) {
+                    Start::Done(result) => {
+                        let ip = result.map_err(|e| self.not_resolved(e))?;
+                        self.connect_tcp(ip, &mut conn)?
+                    }
+                    Start::Pending(mut lookup) => {
+                        lookup
+                            .register(registry, conn.token)
+                            .map_err(|e| Failure::new(format!("cannot watch a DNS socket: {e}")))?;
+                        conn.stage = Stage::Resolving(lookup);
+                        self.conn = Some(conn);
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        watch(&mut conn, stage, registry)?;
+        self.conn = Some(conn);
+        Ok(None)
+    }
+
+    fn not_resolved(&self, e: DnsFailure) -> Failure {
+        Failure::new(format!(
+            "database host '{}' did not resolve: {e}",
+            self.tls_host().escape_debug()
+        ))
+    }
+
+    /// A non-blocking TCP connect to `ip`; an immediate error (refused, unreachable) is this
+    /// attempt's outcome.
+    fn connect_tcp(&self, ip: IpAddr, conn: &mut Conn) -> Result<Stage, Failure> {
+        let addr = SocketAddr::new(ip, self.info.port());
+        let stream = TcpStream::connect(addr).map_err(|e| Failure::new(format!("{addr}: {e}")))?;
+        // Small messages, one round trip each way: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        conn.addr = addr.to_string();
+        conn.local = ip.is_loopback();
+        Ok(Stage::Connecting(Io::Tcp(stream)))
+    }
+
+    /// The name lookup ended: connect to its address, on the same token and deadline.
+    fn resolved(
+        &self,
+        result: Result<IpAddr, DnsFailure>,
+        conn: &mut Conn,
+        registry: &Registry,
+    ) -> Result<(), Failure> {
+        if let Stage::Resolving(lookup) = &mut conn.stage {
+            lookup.deregister(registry);
         }
-        let Some(conn) = &self.conn else {
+        let ip = result.map_err(|e| self.not_resolved(e))?;
+        let stage = self.connect_tcp(ip, conn)?;
+        watch(conn, stage, registry)
+    }
+
+    /// Writes the cycle's pipeline on the idle session and starts its deadline.
+    fn start_cycle(&mut self, now: Instant) -> Result<(), Failure> {
+        let Some(mut conn) = self.conn.take() else {
             return Err(Failure::new("no connection".into()));
         };
-        // The timer is created inside `block_on`: tokio's timers need the runtime's context.
-        let reading = read_transaction(&conn.client, &self.begin_sql, &self.hostname);
-        match self
-            .runtime
-            .block_on(async { tokio::time::timeout(QUERY_TIMEOUT, reading).await })
-        {
-            Ok(Ok(read)) => Ok(read),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(Failure {
-                    stale: is_connection_lost(&e),
-                    message: format!("reading routes from {}: {}", self.described, error_text(&e)),
-                })
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(Failure {
-                    stale: false,
-                    message: format!(
-                        "reading routes from {}: no answer within {} ms (QUERY_TIMEOUT)",
-                        self.described,
-                        QUERY_TIMEOUT.as_millis()
-                    ),
-                })
-            }
+        let begun = self.begin_pipeline(&mut conn, now);
+        self.conn = Some(conn);
+        begun
+    }
+
+    fn begin_pipeline(&self, conn: &mut Conn, now: Instant) -> Result<(), Failure> {
+        let Stage::Open { session, .. } = &mut conn.stage else {
+            return Err(Failure::new("the connection is not open".into()));
+        };
+        session
+            .start_cycle(&pg_wire::Cycle {
+                begin_sql: &self.begin_sql,
+                vps_sql: VPS_SQL,
+                vps_params: (&self.hostname, MAX_VPS_IDS as i64),
+                routes_sql: ROUTES_SQL,
+                routes_params: (&self.hostname, MAX_ROUTES as i64 + 1),
+            })
+            .map_err(|e| Failure::new(e.to_string()))?;
+        conn.deadline = Some(now + QUERY_TIMEOUT);
+        Ok(())
+    }
+
+    /// Moves the connection as far as it goes without waiting. `Some` is the cycle's read.
+    fn pump(&mut self, now: Instant, registry: &Registry) -> Result<Option<ReadRows>, Failure> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(None);
+        };
+        let result = self.pump_conn(&mut conn, now, registry);
+        // Put back even on failure, so that `drop_conn` deregisters the socket.
+        self.conn = Some(conn);
+        match result? {
+            Some(read) => read_rows(read).map(Some),
+            None => Ok(None),
         }
     }
 
-    fn connect(&mut self) -> Result<Conn, Failure> {
-        let fail = |what: String| Failure::new(format!("connecting to {}: {what}", self.described));
-        let resolved = match &self.target {
-            Target::Tcp { host, addrs, .. } if addrs.is_empty() => {
-                resolve_db_host(&mut self.resolver, host).map_err(fail)?
-            }
-            Target::Tcp { addrs, .. } => addrs.clone(),
-            Target::Unix { .. } => Vec::new(),
-        };
-        let connecting = async {
-            match &self.target {
-                Target::Tcp { host, port, .. } => {
-                    let addrs = resolved;
-                    let mut last = String::from("no address");
-                    for ip in addrs {
-                        match tokio::net::TcpStream::connect(SocketAddr::new(ip, *port)).await {
-                            Ok(stream) => {
-                                // Small messages, one round trip each way: no Nagle delay.
-                                let _ = stream.set_nodelay(true);
-                                return self.handshake_tcp(stream, host).await;
-                            }
-                            Err(e) => last = format!("{ip} port {port}: {e}"),
+    fn pump_conn(
+        &mut self,
+        conn: &mut Conn,
+        now: Instant,
+        registry: &Registry,
+    ) -> Result<Option<pg_wire::Read>, Failure> {
+        loop {
+            match &mut conn.stage {
+                Stage::Gone => return Ok(None),
+                Stage::Resolving(lookup) => {
+                    match lookup.on_ready(&mut self.resolver, registry, now) {
+                        None => return Ok(None),
+                        Some(result) => self.resolved(result, conn, registry)?,
+                    }
+                }
+                Stage::Connecting(io) => {
+                    if let Some(e) = io.take_error().ok().flatten() {
+                        return Err(Failure::new(format!("{}: {e}", conn.addr)));
+                    }
+                    match io.connected() {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
+                        Err(e) => return Err(Failure::new(format!("{}: {e}", conn.addr))),
+                    }
+                    if self.wants_tls() {
+                        let mut request = bytes::BytesMut::with_capacity(8);
+                        frontend::ssl_request(&mut request);
+                        // 8 bytes into a fresh socket's empty buffer: written whole or not at all.
+                        match io.write(&request) {
+                            Ok(n) if n == request.len() => {}
+                            Ok(_) => return Err(Failure::new("short write of SSLRequest".into())),
+                            Err(e) => return Err(Failure::lost(format!("{}: {e}", conn.addr))),
+                        }
+                        conn.stage = match std::mem::replace(&mut conn.stage, Stage::Gone) {
+                            Stage::Connecting(io) => Stage::SslRequest(io),
+                            other => other,
+                        };
+                    } else {
+                        let session = self.session(conn.local);
+                        conn.stage = match std::mem::replace(&mut conn.stage, Stage::Gone) {
+                            Stage::Connecting(io) => Stage::Open {
+                                io,
+                                tls: None,
+                                session,
+                            },
+                            other => other,
+                        };
+                    }
+                }
+                Stage::SslRequest(io) => {
+                    let mut answer = [0u8; 1];
+                    match io.read(&mut answer) {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            return Err(Failure::lost(format!(
+                                "{}: the server closed the connection after SSLRequest",
+                                conn.addr
+                            )))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(Failure::lost(format!("{}: {e}", conn.addr))),
+                    }
+                    let (tls, session) = match answer[0] {
+                        // Over TLS a clear-text password is as safe as the channel.
+                        b'S' => (self.tls_session()?, self.session(true)),
+                        b'N' if self.info.tls.mode.requires_tls() => {
+                            return Err(Failure::new(format!(
+                                "server does not support TLS (sslmode={} requires TLS: turn on \
+                                 ssl in the server's postgresql.conf, or use sslmode=prefer)",
+                                self.info.tls.mode
+                            )))
+                        }
+                        b'N' => (None, self.session(conn.local)),
+                        other => {
+                            return Err(Failure::new(format!(
+                                "unexpected answer {:?} to SSLRequest: is this a PostgreSQL \
+                                 server?",
+                                char::from(other)
+                            )))
+                        }
+                    };
+                    conn.stage = match std::mem::replace(&mut conn.stage, Stage::Gone) {
+                        Stage::SslRequest(io) => Stage::Open { io, tls, session },
+                        other => other,
+                    };
+                }
+                Stage::Open { io, tls, session } => {
+                    match self.pump_open(io, tls, session, &conn.addr)? {
+                        Progress::Pending => return Ok(None),
+                        Progress::Ready if self.fetch.is_none() => return Ok(None),
+                        Progress::Ready => self.begin_pipeline(conn, now)?,
+                        Progress::Done(read) => {
+                            conn.deadline = None;
+                            return Ok(Some(read));
                         }
                     }
-                    Err(last)
                 }
-                Target::Unix { dir, port } => {
-                    let path = dir.join(format!(".s.PGSQL.{port}"));
-                    match tokio::net::UnixStream::connect(&path).await {
-                        Ok(stream) => self.handshake(stream, NoTls).await,
-                        Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+
+    /// Moves bytes between the socket, TLS and the session until the socket would block or the
+    /// session has news. Reads are drained (the poll is edge-triggered).
+    fn pump_open(
+        &self,
+        io: &mut Io,
+        tls: &mut Tls,
+        session: &mut Session,
+        addr: &str,
+    ) -> Result<Progress, Failure> {
+        let lost = |e: io::Error| Failure::lost(format!("{addr}: {e}"));
+        let closed = || Failure::lost(format!("{addr}: the server closed the connection"));
+        let wire = |e: WireError| {
+            let lost = e.is_connection_lost();
+            Failure {
+                lost,
+                message: e.to_string(),
+            }
+        };
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            let mut moved = false;
+            // Write what the session has.
+            #[cfg(feature = "tls")]
+            if let Some(tls) = tls.as_mut() {
+                if !session.output().is_empty() {
+                    let n = tls.writer().write(session.output()).map_err(lost)?;
+                    session.sent(n);
+                    moved |= n > 0;
+                }
+                while tls.wants_write() {
+                    match tls.write_tls(io) {
+                        Ok(0) => break,
+                        Ok(_) => moved = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(lost(e)),
                     }
                 }
             }
-        };
-        match self
-            .runtime
-            .block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, connecting).await })
-        {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(fail(e)),
-            Err(_) => Err(Failure {
-                stale: false,
-                message: format!(
-                    "connecting to {}: no answer within {} ms (CONNECT_TIMEOUT)",
-                    self.described,
-                    CONNECT_TIMEOUT.as_millis()
-                ),
-            }),
+            if tls.is_none() {
+                while !session.output().is_empty() {
+                    match io.write(session.output()) {
+                        Ok(0) => return Err(closed()),
+                        Ok(n) => {
+                            session.sent(n);
+                            moved = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(lost(e)),
+                    }
+                }
+            }
+            // Read what the server sent.
+            #[cfg(feature = "tls")]
+            if let Some(tls) = tls.as_mut() {
+                match tls.read_tls(io) {
+                    Ok(0) => return Err(closed()),
+                    Ok(_) => {
+                        moved = true;
+                        if let Err(e) = tls.process_new_packets() {
+                            let message = match &self.tls_client {
+                                Some(client) => client.explain(&e, self.tls_host()),
+                                None => e.to_string(),
+                            };
+                            return Err(Failure::new(message));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
+                    Err(e) => return Err(lost(e)),
+                }
+                loop {
+                    match tls.reader().read(&mut buf) {
+                        Ok(0) => return Err(closed()),
+                        Ok(n) => match session.receive(&buf[..n]).map_err(wire)? {
+                            Progress::Pending => {}
+                            news => return Ok(news),
+                        },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(lost(e)),
+                    }
+                }
+            }
+            if tls.is_none() {
+                match io.read(&mut buf) {
+                    Ok(0) => return Err(closed()),
+                    Ok(n) => {
+                        moved = true;
+                        match session.receive(&buf[..n]).map_err(wire)? {
+                            Progress::Pending => {}
+                            news => return Ok(news),
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
+                    Err(e) => return Err(lost(e)),
+                }
+            }
+            if !moved {
+                return Ok(Progress::Pending);
+            }
         }
     }
 
-    /// TLS as the sslmode says (certificates checked for `host`, the URL's name, not the
-    /// address), then [`Self::handshake`].
-    async fn handshake_tcp(
-        &self,
-        stream: tokio::net::TcpStream,
-        host: &str,
-    ) -> Result<Conn, String> {
+    fn wants_tls(&self) -> bool {
         #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls_client {
-            return self.handshake(stream, tls.connector(host)?).await;
+        {
+            self.tls_client.is_some()
         }
-        let _ = host;
-        self.handshake(stream, NoTls).await
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
     }
 
-    /// Startup and authentication on an open socket; spawns the socket's driver task.
-    async fn handshake<S, T>(&self, stream: S, tls: T) -> Result<Conn, String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        T: TlsConnect<S>,
-        T::Stream: Send + 'static,
-    {
-        let (client, connection) = self.config.connect_raw(stream, tls).await.map_err(|e| {
-            let text = error_text(&e);
-            if text.contains("server does not support TLS") {
-                format!(
-                    "{text} (sslmode={} requires TLS: turn on ssl in the server's \
-                             postgresql.conf, or use sslmode=prefer)",
-                    self.tls.mode
-                )
-            } else {
-                text
+    /// The name certificates are checked for: the URL's host, not the address.
+    fn tls_host(&self) -> &str {
+        match &self.info.target {
+            Target::Tcp { host, .. } => host,
+            Target::Unix { .. } => "",
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_session(&self) -> Result<Tls, Failure> {
+        match &self.tls_client {
+            Some(client) => client
+                .connection(self.tls_host())
+                .map(|c| Some(Box::new(c)))
+                .map_err(Failure::new),
+            None => Ok(None),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_session(&self) -> Result<Tls, Failure> {
+        Ok(None)
+    }
+
+    /// A protocol session with the password it may need.
+    fn session(&mut self, cleartext_allowed: bool) -> Box<Session> {
+        let password = self.password();
+        Box::new(Session::new(
+            &pg_wire::Startup {
+                user: &self.info.user,
+                database: &self.info.dbname,
+                application_name: &self.info.application_name,
+            },
+            password.as_deref().map(str::as_bytes),
+            cleartext_allowed,
+        ))
+    }
+
+    /// The URL's or PGPASSWORD's password, else the password file's line for this connection.
+    fn password(&mut self) -> Option<String> {
+        if let Some(pw) = &self.info.password {
+            return Some(pw.clone());
+        }
+        let path = self.passfile.clone()?;
+        let host = match &self.info.target {
+            Target::Tcp { host, .. } => host.clone(),
+            Target::Unix { .. } => "localhost".to_owned(),
+        };
+        match read_passfile(&path) {
+            Ok(text) => pg_conninfo::pgpass_lookup(
+                &text,
+                &host,
+                self.info.port(),
+                &self.info.dbname,
+                &self.info.user,
+            ),
+            Err(None) => None,
+            Err(Some(warning)) => {
+                if self.passfile_warning.as_ref() != Some(&warning) {
+                    warn!("{warning}");
+                    self.passfile_warning = Some(warning);
+                }
+                None
             }
-        })?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("database connection ended: {}", error_text(&e));
+        }
+    }
+
+    fn drop_conn(&mut self, registry: &Registry) {
+        if let Some(mut conn) = self.conn.take() {
+            match &mut conn.stage {
+                Stage::Gone => {}
+                Stage::Resolving(lookup) => lookup.deregister(registry),
+                Stage::Connecting(io) | Stage::SslRequest(io) => {
+                    let _ = registry.deregister(io.source());
+                }
+                Stage::Open { io, tls, session } => {
+                    // A polite goodbye if the socket takes it at once; never waited for.
+                    if session.phase() == Phase::Idle && tls.is_none() {
+                        session.terminate();
+                        let _ = io.write(session.output());
+                    }
+                    let _ = registry.deregister(io.source());
+                }
             }
-        });
-        Ok(Conn { client, task })
+        }
     }
 
     fn scrub(&self, message: String) -> String {
-        match &self.password {
-            Some(pw) if message.contains(pw.as_str()) => message.replace(pw.as_str(), "********"),
+        match &self.info.password {
+            Some(pw) if pw.len() >= MIN_SCRUBBED_PASSWORD_LEN && message.contains(pw.as_str()) => {
+                message.replace(pw.as_str(), "********")
+            }
             _ => message,
         }
     }
 }
 
-/// What the cycle's transaction read.
-struct Read {
-    vps_ids: Vec<String>,
-    routes: Vec<Row>,
-}
-
-struct Failure {
-    /// The connection was found dead (closed, reset, server shut down), quickly: worth one
-    /// immediate retry on a new connection. Never set for timeouts or query errors, which a
-    /// retry would only repeat (and block as long again).
-    stale: bool,
-    message: String,
-}
-
-impl Failure {
-    fn new(message: String) -> Failure {
-        Failure {
-            stale: false,
-            message,
-        }
+/// Registers a new socket (once, for both directions) and makes it the connection's stage.
+fn watch(conn: &mut Conn, mut stage: Stage, registry: &Registry) -> Result<(), Failure> {
+    if let Stage::Connecting(io) = &mut stage {
+        registry
+            .register(
+                io.source(),
+                conn.token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| Failure::new(format!("cannot watch the database socket: {e}")))?;
     }
+    conn.stage = stage;
+    Ok(())
 }
 
-/// The connection itself is gone: closed, an I/O error, or the server said it is shutting
-/// down or the connection failed (SQLSTATE classes 57P and 08).
-fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code().code();
-        return code.starts_with("57P") || code.starts_with("08");
+/// Reads the password file if it is safe to use. `Err(None)`: there is none (not an error);
+/// `Err(Some(warning))`: it is unusable, and why.
+fn read_passfile(path: &std::path::Path) -> Result<String, Option<String>> {
+    let shown = path.display();
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
+        Err(e) => return Err(Some(format!("password file {shown}: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(Some(format!(
+            "password file {shown} is not a plain file; ignored"
+        )));
     }
-    e.is_closed()
-        || std::error::Error::source(e)
-            .is_some_and(|c| c.downcast_ref::<std::io::Error>().is_some())
-}
-
-/// The cycle's transaction, pipelined into one round trip: every request is written before
-/// any answer is awaited (tokio-postgres sends a request on its future's first poll and
-/// answers come back in order). Only `SET LOCAL` and the unnamed statement: pooler-safe.
-async fn read_transaction(
-    client: &Client,
-    begin_sql: &str,
-    hostname: &str,
-) -> Result<Read, tokio_postgres::Error> {
-    let max_ids = MAX_VPS_IDS as i64;
-    let max_rows = MAX_ROUTES as i64 + 1;
-    let vps_params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&hostname, Type::TEXT), (&max_ids, Type::INT8)];
-    let routes_params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&hostname, Type::TEXT), (&max_rows, Type::INT8)];
-    let begin = client.simple_query(begin_sql);
-    let vps = client.query_typed(VPS_SQL, &vps_params);
-    let routes = client.query_typed(ROUTES_SQL, &routes_params);
-    let commit = client.simple_query("COMMIT");
-    let ((begin, vps), (routes, commit)) = join(join(begin, vps), join(routes, commit)).await;
-    // The first error in order is the one that explains the others.
-    begin?;
-    let vps = vps?;
-    let routes = routes?;
-    commit?;
-    let mut vps_ids = Vec::with_capacity(vps.len());
-    for row in &vps {
-        vps_ids.push(row.try_get::<_, String>(0)?);
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Some(format!(
+            "password file {shown} has group or world access; permissions should be u=rw \
+             (0600) or less; ignored"
+        )));
     }
-    Ok(Read { vps_ids, routes })
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_PGPASS_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| Some(format!("password file {shown}: {e}")))?;
+    if text.len() as u64 > MAX_PGPASS_BYTES {
+        return Err(Some(format!(
+            "password file {shown} is over {MAX_PGPASS_BYTES} bytes (MAX_PGPASS_BYTES); ignored"
+        )));
+    }
+    Ok(text)
 }
 
-/// Polls both futures, `a` first, until both are done (a two-way `join!` without macros).
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let mut a = pin!(a);
-    let mut b = pin!(b);
-    let mut ra = None;
-    let mut rb = None;
-    poll_fn(move |cx| {
-        if ra.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
-            }
-        }
-        if rb.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
-            }
-        }
-        match (ra.take(), rb.take()) {
-            (Some(x), Some(y)) => Poll::Ready((x, y)),
-            (x, y) => {
-                ra = x;
-                rb = y;
-                Poll::Pending
-            }
-        }
+/// A random delay in `[0, cap]`: full jitter.
+fn jitter(rng: &mut Rng, cap: Duration) -> Duration {
+    let millis = cap.as_millis() as u64;
+    Duration::from_millis(rng.next_u64() % (millis + 1))
+}
+
+/// What the session read → text rows, checked.
+fn read_rows(read: pg_wire::Read) -> Result<ReadRows, Failure> {
+    let mut vps_ids = Vec::with_capacity(read.vps_ids.len());
+    for id in read.vps_ids {
+        vps_ids.push(id.ok_or_else(|| Failure::new("a vps id is NULL".into()))?);
+    }
+    Ok(ReadRows {
+        vps_ids,
+        routes: read.routes,
     })
-    .await
 }
 
-/// Rows of [`ROUTES_SQL`] → routes, and one message per skipped row (or for the cap).
-fn routes_from_rows(rows: Vec<Row>) -> (Vec<Route>, Vec<String>) {
-    let raw = rows.iter().map(|row| {
+/// Rows of [`ROUTES_SQL`] (text) → routes, and one message per skipped row (or for the cap).
+fn routes_from_rows(rows: Vec<pg_wire::Row>) -> (Vec<Route>, Vec<String>) {
+    let raw = rows.into_iter().map(|row| {
+        let mut cols = row.into_iter();
+        let mut text = |what: &str| -> Result<String, String> {
+            cols.next()
+                .flatten()
+                .ok_or_else(|| format!("{what} is NULL or missing"))
+        };
+        let node = text("node_id")?;
+        let name = text("name")?;
+        let listen_port = text("listen_port")?;
+        let host = text("backend_host")?;
+        let port = text("backend_port")?;
+        let int = |v: &str, what: &str| {
+            v.parse::<i32>()
+                .map_err(|_| format!("{what} '{}' is not an integer", v.escape_debug()))
+        };
         Ok(RawRoute {
-            node: row.try_get(0).map_err(|e| error_text(&e))?,
-            name: row.try_get(1).map_err(|e| error_text(&e))?,
-            listen_port: row.try_get(2).map_err(|e| error_text(&e))?,
-            host: row.try_get(3).map_err(|e| error_text(&e))?,
-            port: row.try_get(4).map_err(|e| error_text(&e))?,
+            node,
+            name,
+            listen_port: int(&listen_port, "listen_port")?,
+            host,
+            port: int(&port, "backend_port")?,
         })
     });
     build_routes(raw)
@@ -674,95 +1199,9 @@ fn port_of(v: i32, what: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {v} is not 1-65535"))
 }
 
-/// Where to connect, from the parsed config. One host only.
-fn target_of(config: &Config) -> Result<Target, String> {
-    let hosts = config.get_hosts();
-    let addrs = config.get_hostaddrs().to_vec();
-    if hosts.len() > 1 || addrs.len() > 1 {
-        return Err("database URL names several hosts; this agent connects to one".into());
-    }
-    let port = match config.get_ports() {
-        [] => DEFAULT_PORT,
-        [port] => *port,
-        _ => return Err("database URL names several ports; this agent connects to one".into()),
-    };
-    match hosts.first() {
-        Some(Host::Tcp(host)) => Ok(Target::Tcp {
-            host: host.clone(),
-            port,
-            addrs,
-        }),
-        Some(Host::Unix(dir)) => Ok(Target::Unix {
-            dir: dir.clone(),
-            port,
-        }),
-        None => match addrs.first() {
-            Some(ip) => Ok(Target::Tcp {
-                host: ip.to_string(),
-                port,
-                addrs,
-            }),
-            None => Err(
-                "database URL names no host (e.g. postgres://sigma_agent@10.0.0.5:5432/sigma)"
-                    .into(),
-            ),
-        },
-    }
-}
-
-/// The database host's addresses: an IP literal as it is; a name through the agent's own
-/// resolver (/etc/hosts, then the name servers), bounded by [`DNS_TIMEOUT`] — never a
-/// blocking `getaddrinfo`.
-pub fn resolve_db_host(resolver: &mut Resolver, host: &str) -> Result<Vec<IpAddr>, String> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(vec![ip]);
-    }
-    resolver.reload_if_changed();
-    crate::dns::resolve_blocking(resolver, bare, DNS_TIMEOUT)
-        .map(|ip| vec![ip])
-        .map_err(|e| {
-            format!(
-                "database host '{}' did not resolve: {e}",
-                host.escape_debug()
-            )
-        })
-}
-
-/// A tokio-postgres error as a person reads it: the server's severity, SQLSTATE and message
-/// (e.g. `FATAL 28P01: password authentication failed for user "sigma_agent"`), or the
-/// client's error and its causes.
-fn error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        if let Some(detail) = db.detail() {
-            s.push_str(&format!(" ({detail})"));
-        }
-        if let Some(hint) = db.hint() {
-            s.push_str(&format!(" hint: {hint}"));
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    if s.contains("password missing") {
-        s.push_str(" (the server asks for a password: put it in the URL or set PGPASSWORD)");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv6Addr;
 
     fn raw(node: &str, name: &str, listen_port: i32, host: &str, port: i32) -> RawRoute {
         RawRoute {
@@ -783,7 +1222,7 @@ mod tests {
             Ok(raw("n1", "zero-port", 10004, "h", 0)),
             Ok(raw("n1", "bad-host", 10005, "bad/host", 1)),
             Ok(raw("n1", "has space", 10006, "h", 1)),
-            Err("error deserializing column 2".into()),
+            Err("backend_port is NULL or missing".into()),
             Ok(raw("n2", "v6", 10001, "2001:db8::1", 8443)),
         ];
         let (routes, skipped) = build_routes(rows);
@@ -798,31 +1237,34 @@ mod tests {
     }
 
     #[test]
+    fn text_rows_become_routes_or_named_problems() {
+        let row = |v: &[Option<&str>]| v.iter().map(|c| c.map(str::to_owned)).collect();
+        let (routes, skipped) = routes_from_rows(vec![
+            row(&[
+                Some("n"),
+                Some("r"),
+                Some("10001"),
+                Some("127.0.0.1"),
+                Some("22"),
+            ]),
+            row(&[Some("n"), Some("r2"), Some("x"), Some("h"), Some("22")]),
+            row(&[Some("n"), Some("r3"), Some("10003"), None, Some("22")]),
+            row(&[Some("n")]),
+        ]);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].backend, "127.0.0.1:22");
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("listen_port 'x' is not an integer"));
+        assert!(skipped[1].contains("backend_host is NULL"));
+    }
+
+    #[test]
     fn routes_are_capped() {
         let rows = (0..MAX_ROUTES as i32 + 1).map(|i| Ok(raw("n", "r", i % 60000 + 1, "h", 1)));
         let (routes, skipped) = build_routes(rows);
         assert_eq!(routes.len(), MAX_ROUTES);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].contains("MAX_ROUTES"));
-    }
-
-    #[test]
-    fn resolves_literals_and_hosts_file_names_without_a_query() {
-        // A name server nobody answers on: a lookup that reached the network would time out.
-        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let server = closed.local_addr().unwrap();
-        drop(closed);
-        let mut resolver = Resolver::new(ResolverConfig::with_server(server));
-        assert_eq!(
-            resolve_db_host(&mut resolver, "[::1]"),
-            Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
-        );
-        assert_eq!(
-            resolve_db_host(&mut resolver, "127.0.2.1"),
-            Ok(vec!["127.0.2.1".parse().unwrap()])
-        );
-        let local = resolve_db_host(&mut resolver, "localhost").unwrap();
-        assert!(local[0].is_loopback(), "{local:?}");
     }
 
     #[test]
@@ -834,26 +1276,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.describe(), "sigma_agent@10.0.0.5:6432/sigma");
-        let s = PgSource::new("host=::1 user=a dbname=d", "vps-1", Some("pw-from-env")).unwrap();
-        assert_eq!(s.describe(), "a@[::1]:5432/d");
-        assert_eq!(s.config.get_password(), Some(&b"pw-from-env"[..]));
-        let s = PgSource::new("postgres://a:url-pw@h/d", "v", Some("env-pw")).unwrap();
-        assert_eq!(s.config.get_password(), Some(&b"url-pw"[..]));
-        let s = PgSource::new("host=/run/postgresql port=5433 user=a", "v", None).unwrap();
-        assert_eq!(s.describe(), "a@/run/postgresql:5433/a");
-        assert_eq!(
-            s.scrub("x /run y".into()),
-            "x /run y",
-            "nothing to scrub without a password"
-        );
         let s = PgSource::new("postgres://a:hunter22@h/d", "v", None).unwrap();
         assert_eq!(s.scrub("oops hunter22!".into()), "oops ********!");
-
         for (url, want) in [
             ("postgres://h/d", "no user"),
-            ("postgres://a@/d", "no host"),
-            ("postgres://a@h1,h2/d", "several hosts"),
-            ("postgres://a:pw@h/d?sslmode=verify", "sslmode 'verify'"),
+            ("postgres://u:pa@ss@db/x", "%40"),
             (
                 "postgres://a:pw@h/d?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
                 if cfg!(feature = "tls") {
@@ -862,64 +1289,27 @@ mod tests {
                     "sslmode=verify-full needs TLS"
                 },
             ),
-            ("postgres://a:pw@h:notaport/d", "database URL"),
-            ("postgres://a:pw@h/d%ff", "database URL"),
-            ("nonsense = = =", "database URL"),
         ] {
             let e = match PgSource::new(url, "v", None) {
                 Ok(_) => panic!("{url} accepted"),
                 Err(e) => e,
             };
+            assert!(e.starts_with("database URL"), "{url}: {e}");
             assert!(e.contains(want), "{url}: {e}");
-            assert!(!e.contains("pw") && !e.contains("word"), "{url}: {e}");
+            assert!(!e.contains("pw") && !e.contains("ss@"), "{url}: {e}");
         }
         assert!(PgSource::new("postgres://a@h/d", "", None).is_err());
     }
 
     #[test]
-    fn unresolvable_host_fails_fast_and_backs_off() {
-        let mut s = PgSource::new("postgres://a:pw@no-such-db-host.invalid/d", "v", None).unwrap();
-        // Its name server refuses at once (a closed loopback port): no query leaves the host.
-        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_resolver(ResolverConfig::with_server(closed.local_addr().unwrap()));
-        drop(closed);
-        let t0 = Instant::now();
-        match s.fetch(t0) {
-            Fetch::Failed(e) => assert!(
-                e.contains("'no-such-db-host.invalid' did not resolve"),
-                "{e}"
-            ),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.fetch(t0 + BACKOFF_MIN / 2), Fetch::Backoff);
-        assert!(matches!(s.fetch(t0 + BACKOFF_MIN), Fetch::Failed(_)));
-        // The second failure doubled the delay.
-        assert_eq!(
-            s.fetch(t0 + BACKOFF_MIN + BACKOFF_MIN * 3 / 2),
-            Fetch::Backoff
+    fn jitter_stays_within_the_cap_and_spreads() {
+        let mut rng = Rng::from_urandom();
+        let draws: Vec<Duration> = (0..1000).map(|_| jitter(&mut rng, BACKOFF_MIN)).collect();
+        assert!(draws.iter().all(|d| *d <= BACKOFF_MIN));
+        let early = draws.iter().filter(|d| **d < BACKOFF_MIN / 2).count();
+        assert!(
+            (350..650).contains(&early),
+            "{early} of 1000 in the first half"
         );
-        assert!(matches!(s.fetch(t0 + BACKOFF_MIN * 3), Fetch::Failed(_)));
-    }
-
-    #[test]
-    fn join_polls_in_order_and_waits_for_both() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let order = std::cell::RefCell::new(Vec::new());
-        let out = rt.block_on(join(
-            async {
-                order.borrow_mut().push("a");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                1
-            },
-            async {
-                order.borrow_mut().push("b");
-                2
-            },
-        ));
-        assert_eq!(out, (1, 2));
-        assert_eq!(*order.borrow(), ["a", "b"]);
     }
 }

@@ -9,15 +9,15 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
+use common::pg::{rows, Driven, PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
 
 use sigma_agent_lite::route::Route;
 use sigma_agent_lite::source_pg::{
     Fetch, PgSource, BACKOFF_MIN, CONNECT_TIMEOUT, QUERY_TIMEOUT, ROUTES_SQL, STATEMENT_TIMEOUT,
 };
 
-fn source(url: &str, hostname: &str) -> PgSource {
-    PgSource::new(url, hostname, None).unwrap()
+fn source(url: &str, hostname: &str) -> Driven {
+    Driven::new(PgSource::new(url, hostname, None).unwrap())
 }
 
 /// `node/name` of each route, or a panic naming what came instead.
@@ -99,11 +99,10 @@ fn missing_vps_is_found_once_added_and_lost_once_retired_or_deleted() {
     let pg = PgServer::shared();
     let mut db = pg.owner(DB);
     let mut src = source(&pg.agent_url(DB), "late-vps");
-    let t0 = Instant::now();
-    assert_eq!(src.fetch(t0), Fetch::NotRegistered);
+    assert_eq!(src.fetch(Instant::now()), Fetch::NotRegistered);
 
     let vps = rows::vps(&mut db, "late-vps", Some("provisioning"));
-    assert_eq!(src.fetch(t0), Fetch::Routes(vec![]));
+    assert_eq!(src.fetch(Instant::now()), Fetch::Routes(vec![]));
     let node = rows::node(&mut db, &vps, "layer4-01", "active");
     rows::route(
         &mut db,
@@ -114,7 +113,7 @@ fn missing_vps_is_found_once_added_and_lost_once_retired_or_deleted() {
         Some(80),
         "active",
     );
-    assert_eq!(names(src.fetch(t0)), ["layer4-01/r"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["layer4-01/r"]);
 
     for status in ["retired", "deleted"] {
         db.execute(
@@ -122,7 +121,7 @@ fn missing_vps_is_found_once_added_and_lost_once_retired_or_deleted() {
             &[&status, &vps],
         )
         .unwrap();
-        assert_eq!(src.fetch(t0), Fetch::NotRegistered, "{status}");
+        assert_eq!(src.fetch(Instant::now()), Fetch::NotRegistered, "{status}");
     }
     // Every other status counts as registered, and so does none.
     for status in [Some("active"), Some("retiring"), Some("suspended"), None] {
@@ -131,7 +130,11 @@ fn missing_vps_is_found_once_added_and_lost_once_retired_or_deleted() {
             &[&status, &vps],
         )
         .unwrap();
-        assert_eq!(names(src.fetch(t0)), ["layer4-01/r"], "{status:?}");
+        assert_eq!(
+            names(src.fetch(Instant::now())),
+            ["layer4-01/r"],
+            "{status:?}"
+        );
     }
 }
 
@@ -204,8 +207,7 @@ fn routes_added_and_deleted_between_fetches() {
         "active",
     );
     let mut src = source(&pg.agent_url(DB), "churn-vps");
-    let t0 = Instant::now();
-    assert_eq!(names(src.fetch(t0)), ["n/first"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/first"]);
     rows::route(
         &mut db,
         &node,
@@ -215,19 +217,19 @@ fn routes_added_and_deleted_between_fetches() {
         Some(2),
         "active",
     );
-    assert_eq!(names(src.fetch(t0)), ["n/first", "n/second"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/first", "n/second"]);
     db.execute(
         "DELETE FROM envoy_routes WHERE id = ($1::text)::uuid",
         &[&first],
     )
     .unwrap();
-    assert_eq!(names(src.fetch(t0)), ["n/second"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/second"]);
     db.execute(
         "UPDATE envoy_routes SET backend_port = 2222 WHERE name = 'second'",
         &[],
     )
     .unwrap();
-    match src.fetch(t0) {
+    match src.fetch(Instant::now()) {
         Fetch::Routes(r) => assert_eq!(r[0].backend, "127.0.10.2:2222"),
         other => panic!("{other:?}"),
     }
@@ -256,7 +258,7 @@ fn unix_socket_and_pgpassword() {
     assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
 
     let url = pg.agent_url_without_password(DB);
-    let mut src = PgSource::new(&url, "sock-vps", Some(AGENT_PASSWORD)).unwrap();
+    let mut src = Driven::new(PgSource::new(&url, "sock-vps", Some(AGENT_PASSWORD)).unwrap());
     assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
 }
 
@@ -307,7 +309,7 @@ fn same_routes_through_pgbouncer_in_transaction_mode() {
     assert!(matches!(&want, Fetch::Routes(r) if r.len() == 40));
     // Three agents share pgbouncer's single server connection, interleaved, many times:
     // named statements or session state would collide here.
-    let mut agents: Vec<PgSource> = (0..3)
+    let mut agents: Vec<Driven> = (0..3)
         .map(|_| source(&bouncer.agent_url(DB), "bouncer-vps"))
         .collect();
     for round in 0..10 {
@@ -379,8 +381,7 @@ fn stalled_backend_blocks_at_most_query_timeout() {
     );
     let url = format!("{}?application_name=stall-test", pg.agent_url(DB));
     let mut src = source(&url, "stall-vps");
-    let t0 = Instant::now();
-    assert_eq!(names(src.fetch(t0)), ["n/r"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
 
     let mut su = pg.superuser(DB);
     let pid: i32 = su
@@ -393,15 +394,15 @@ fn stalled_backend_blocks_at_most_query_timeout() {
     let resume = Resume(pid);
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let started = Instant::now();
-    let e = failed(src.fetch(t0));
+    let e = failed(src.fetch(started));
     let took = started.elapsed();
     println!("stalled backend: blocked {took:?}: {e}");
     assert!(e.contains("QUERY_TIMEOUT"), "{e}");
     assert!(took >= QUERY_TIMEOUT && took < QUERY_TIMEOUT + Duration::from_millis(500));
     drop(resume);
     // After the backoff, a new connection (a new backend) works.
-    assert_eq!(src.fetch(t0 + Duration::from_millis(500)), Fetch::Backoff);
-    assert_eq!(names(src.fetch(t0 + BACKOFF_MIN)), ["n/r"]);
+    let due = src.due_within(BACKOFF_MIN);
+    assert_eq!(names(src.fetch(due)), ["n/r"]);
 }
 
 /// A query that waits on a lock is cancelled by the server at STATEMENT_TIMEOUT.
@@ -422,15 +423,14 @@ fn statement_timeout_bounds_a_blocked_query() {
         "active",
     );
     let mut src = source(&pg.agent_url("sigma_lock"), "lock-vps");
-    let t0 = Instant::now();
-    assert_eq!(names(src.fetch(t0)), ["n/r"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
 
     let mut locker = db.transaction().unwrap();
     locker
         .batch_execute("LOCK TABLE envoy_routes IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     let started = Instant::now();
-    let e = failed(src.fetch(t0));
+    let e = failed(src.fetch(started));
     let took = started.elapsed();
     println!("locked table: blocked {took:?}: {e}");
     assert!(
@@ -442,7 +442,8 @@ fn statement_timeout_bounds_a_blocked_query() {
         "{took:?}"
     );
     locker.rollback().unwrap();
-    assert_eq!(names(src.fetch(t0 + BACKOFF_MIN)), ["n/r"]);
+    let due = src.due_within(BACKOFF_MIN);
+    assert_eq!(names(src.fetch(due)), ["n/r"]);
 }
 
 /// Server stopped: Failed, then Backoff until due; started again: recovers by itself. A
@@ -464,28 +465,27 @@ fn outage_fails_backs_off_and_recovers_by_itself() {
     );
     drop(db);
     let mut src = source(&pg.agent_url(DB), "outage-vps");
-    let t0 = Instant::now();
-    assert_eq!(names(src.fetch(t0)), ["n/r"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
     let normal = src.last_fetch_duration().unwrap();
 
     pg.stop();
     let mut outage_worst = Duration::ZERO;
-    let e = failed(src.fetch(t0));
+    let e = failed(src.fetch(Instant::now()));
     outage_worst = outage_worst.max(src.last_fetch_duration().unwrap());
     println!("server stopped: {e}");
     assert!(e.contains("refused"), "{e}");
-    assert_eq!(src.fetch(t0 + BACKOFF_MIN / 2), Fetch::Backoff);
-    failed(src.fetch(t0 + BACKOFF_MIN));
+    let due = src.due_within(BACKOFF_MIN);
+    failed(src.fetch(due));
     outage_worst = outage_worst.max(src.last_fetch_duration().unwrap());
-    // The second failure doubled the delay: due at 1 s + 2 s.
-    assert_eq!(src.fetch(t0 + BACKOFF_MIN * 2), Fetch::Backoff);
+    // The second failure doubled the cap: due within 2 s of its end.
+    let due = src.due_within(BACKOFF_MIN * 2);
 
     pg.start_again();
-    assert_eq!(names(src.fetch(t0 + BACKOFF_MIN * 3)), ["n/r"]);
+    assert_eq!(names(src.fetch(due.max(Instant::now()))), ["n/r"]);
     // Restart between two fetches: no Failed cycle.
     pg.stop();
     pg.start_again();
-    assert_eq!(names(src.fetch(t0 + BACKOFF_MIN * 3)), ["n/r"]);
+    assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
     println!(
         "worst block: normal fetch {normal:?}, during the outage (refused) {outage_worst:?}, \
          overall {:?}",
@@ -522,8 +522,7 @@ fn thousand_routes_fetch_time_and_plan() {
     .unwrap();
 
     let mut src = source(&pg.agent_url("sigma_bulk"), "bulk-vps");
-    let t0 = Instant::now();
-    let first = src.fetch(t0);
+    let first = src.fetch(Instant::now());
     let with_connect = src.last_fetch_duration().unwrap();
     let Fetch::Routes(routes) = first else {
         panic!("{first:?}")
@@ -533,7 +532,7 @@ fn thousand_routes_fetch_time_and_plan() {
     assert_eq!(routes[999].listen_port, 10100);
     let mut times: Vec<Duration> = (0..20)
         .map(|_| {
-            assert!(matches!(src.fetch(t0), Fetch::Routes(r) if r.len() == 1000));
+            assert!(matches!(src.fetch(Instant::now()), Fetch::Routes(r) if r.len() == 1000));
             src.last_fetch_duration().unwrap()
         })
         .collect();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, PgServer, DB};
+use common::pg::{rows, Driven, PgServer, DB};
 
 use sigma_agent_lite::source_pg::{Fetch, PgSource};
 
@@ -52,8 +52,8 @@ fn fetch_starts_no_thread() {
             }
         })
     };
-    let mut src = PgSource::new(&pg.agent_url(DB), "threads-vps", None).unwrap();
-    let mut dead = PgSource::new(&silent_url, "v", None).unwrap();
+    let mut src = Driven::new(PgSource::new(&pg.agent_url(DB), "threads-vps", None).unwrap());
+    let mut dead = Driven::new(PgSource::new(&silent_url, "v", None).unwrap());
     for _ in 0..3 {
         assert!(matches!(src.fetch(Instant::now()), Fetch::Routes(r) if r.len() == 1));
     }

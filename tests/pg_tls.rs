@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, PgServer, AGENT_PASSWORD, DB};
+use common::pg::{rows, Driven, PgServer, AGENT_PASSWORD, DB};
 use common::pg_tls::{uses_tls, TlsServer};
 use common::*;
 
@@ -44,8 +44,8 @@ fn register(pg: &PgServer, hostname: &str, port: u16) {
     );
 }
 
-fn fetch_ok(url: &str, hostname: &str) -> PgSource {
-    let mut src = PgSource::new(url, hostname, None).unwrap();
+fn fetch_ok(url: &str, hostname: &str) -> Driven {
+    let mut src = Driven::new(PgSource::new(url, hostname, None).unwrap());
     match src.fetch(Instant::now()) {
         Fetch::Routes(routes) => assert_eq!(routes.len(), 1, "{routes:?}"),
         other => panic!("{url}: expected routes, got {other:?}"),
@@ -54,7 +54,7 @@ fn fetch_ok(url: &str, hostname: &str) -> PgSource {
 }
 
 fn fetch_err(url: &str) -> String {
-    let mut src = PgSource::new(url, "any-vps", None).unwrap();
+    let mut src = Driven::new(PgSource::new(url, "any-vps", None).unwrap());
     let t0 = Instant::now();
     let e = match src.fetch(t0) {
         Fetch::Failed(e) => e,
@@ -63,7 +63,8 @@ fn fetch_err(url: &str) -> String {
     assert!(!e.contains(AGENT_PASSWORD), "password in {e}");
     // Retried like any other outage: backoff, then another attempt that fails the same way.
     assert_eq!(src.fetch(t0), Fetch::Backoff);
-    match src.fetch(t0 + BACKOFF_MIN) {
+    let due = src.due_within(BACKOFF_MIN);
+    match src.fetch(due) {
         Fetch::Failed(again) => assert_eq!(again, e),
         other => panic!("{url}: expected a failure again, got {other:?}"),
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, DB};
+use common::pg::{rows, Driven, DB};
 use common::pg_tls::TlsServer;
 
 use sigma_agent_lite::source_pg::{Fetch, PgSource};
@@ -39,15 +39,16 @@ fn tls_fetch_starts_no_thread() {
         })
     };
     let full = s.url("localhost", &format!("sslmode=verify-full&{root}"));
-    let mut src = PgSource::new(&full, "tls-threads-vps", None).unwrap();
+    let mut src = Driven::new(PgSource::new(&full, "tls-threads-vps", None).unwrap());
     for _ in 0..3 {
         assert_eq!(src.fetch(Instant::now()), Fetch::Routes(vec![]));
     }
     let mismatch = s.url("127.0.0.1", &format!("sslmode=verify-full&{root}"));
-    let mut bad = PgSource::new(&mismatch, "v", None).unwrap();
+    let mut bad = Driven::new(PgSource::new(&mismatch, "v", None).unwrap());
     assert!(matches!(bad.fetch(Instant::now()), Fetch::Failed(_)));
     // The system roots are loaded too (verify-ca without sslrootcert).
-    let mut sys = PgSource::new(&s.url("localhost", "sslmode=verify-ca"), "v", None).unwrap();
+    let mut sys =
+        Driven::new(PgSource::new(&s.url("localhost", "sslmode=verify-ca"), "v", None).unwrap());
     assert!(matches!(sys.fetch(Instant::now()), Fetch::Failed(_)));
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();

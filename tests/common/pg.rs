@@ -190,6 +190,31 @@ impl PgServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
     }
+
+    /// The postmaster's pid and its children's (backends and helpers), to stop the server
+    /// whole.
+    pub fn pids(&self) -> Vec<i32> {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: the comm may hold spaces, so read after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
 }
 
 impl Drop for PgServer {
@@ -428,5 +453,96 @@ pub mod rows {
         )
         .unwrap()
         .get(0)
+    }
+}
+
+/// A `PgSource` driven on a poll of its own, for tests that call it directly: `fetch` runs one
+/// fetch to its end, as the agent's loop would (the test waits; the agent never does). The
+/// poll lives as long as the source, because an idle connection stays registered with it.
+pub struct Driven {
+    pub src: sigma_agent_lite::source_pg::PgSource,
+    poll: mio::Poll,
+    next_token: usize,
+}
+
+impl Driven {
+    pub fn new(src: sigma_agent_lite::source_pg::PgSource) -> Driven {
+        Driven {
+            src,
+            poll: mio::Poll::new().expect("a poll for the test"),
+            next_token: 1,
+        }
+    }
+
+    /// One fetch, started at `now`, driven until it answers.
+    pub fn fetch(&mut self, now: Instant) -> sigma_agent_lite::source_pg::Fetch {
+        let next = &mut self.next_token;
+        let mut tokens = || {
+            *next += 1;
+            mio::Token(*next)
+        };
+        if let Some(done) = self.src.begin(now, self.poll.registry(), &mut tokens) {
+            return done;
+        }
+        let mut events = mio::Events::with_capacity(16);
+        loop {
+            let timeout = self
+                .src
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("poll: {e}"),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                if let Some(done) =
+                    self.src
+                        .on_event(event.token(), now, self.poll.registry(), &mut tokens)
+                {
+                    return done;
+                }
+            }
+            if self.src.next_deadline().is_some_and(|d| d <= now) {
+                if let Some(done) = self.src.on_deadline(now, self.poll.registry(), &mut tokens) {
+                    return done;
+                }
+            }
+        }
+    }
+}
+
+impl Driven {
+    /// After a failure: the next attempt is due within `cap` of the failure's end (full
+    /// jitter), and `Backoff` is the answer until then. Returns when it is due.
+    pub fn due_within(&mut self, cap: Duration) -> Instant {
+        let ended = Instant::now();
+        assert_eq!(self.src.backoff_cap(), Some(cap), "the backoff cap");
+        let due = self
+            .src
+            .next_attempt()
+            .expect("a failure sets the next attempt");
+        assert!(due <= ended + cap, "due {:?} after the cap", due - ended);
+        if let Some(before) = due.checked_sub(Duration::from_millis(1)) {
+            assert_eq!(
+                self.fetch(before),
+                sigma_agent_lite::source_pg::Fetch::Backoff
+            );
+        }
+        due
+    }
+}
+
+impl std::ops::Deref for Driven {
+    type Target = sigma_agent_lite::source_pg::PgSource;
+    fn deref(&self) -> &Self::Target {
+        &self.src
+    }
+}
+
+impl std::ops::DerefMut for Driven {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.src
     }
 }
