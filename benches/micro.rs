@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure parts, without sockets: the /metrics renderer, the HTTP
-//! request-head parser, the routes-file parser and the MCP `tools/call` handler.
+//! request-head parser, the routes-file parser, the MCP `tools/call` handler and the reading
+//! of Envoy's admin `/clusters?format=json` (HTTP session, JSON, matching).
 //!
 //! A hand-written harness (`harness = false`) instead of criterion, to keep build time low on
 //! small shared machines: each benchmark is calibrated so one sample takes about
@@ -286,6 +287,79 @@ fn bench_mcp_parse_request() -> Result {
     )
 }
 
+/// An Envoy admin answer with `n` hosts (50 per cluster) in the admin handler's format: what
+/// `tests/common/envoy_admin.rs` serves, pretty-printed with per-host stats.
+fn envoy_answer(n: usize) -> Vec<u8> {
+    let host = |i: usize| {
+        format!(
+            "    {{\n     \"address\": {{\n      \"socket_address\": {{\n       \"address\": \"127.{}.{}.{}\",\n       \"port_value\": 443\n      }}\n     }},\n     \"stats\": [\n      {{\n       \"name\": \"cx_connect_fail\"\n      }},\n      {{\n       \"value\": \"{}\",\n       \"name\": \"cx_total\"\n      }},\n      {{\n       \"name\": \"rq_error\"\n      }},\n      {{\n       \"name\": \"rq_success\"\n      }},\n      {{\n       \"name\": \"rq_timeout\"\n      }},\n      {{\n       \"name\": \"rq_total\"\n      }},\n      {{\n       \"value\": \"1\",\n       \"type\": \"GAUGE\",\n       \"name\": \"cx_active\"\n      }},\n      {{\n       \"type\": \"GAUGE\",\n       \"name\": \"rq_active\"\n      }}\n     ],\n     \"health_status\": {{\n      \"eds_health_status\": \"HEALTHY\"\n     }},\n     \"weight\": 1,\n     \"locality\": {{}}\n    }}",
+            100 + (i >> 16),
+            (i >> 8) & 255,
+            i & 255,
+            100 + i
+        )
+    };
+    let mut clusters = Vec::new();
+    for c in 0..n.div_ceil(50) {
+        let hosts: Vec<String> = (c * 50..n.min(c * 50 + 50)).map(host).collect();
+        clusters.push(format!(
+            "  {{\n   \"name\": \"bulk_{c}\",\n   \"host_statuses\": [\n{}\n   ],\n   \"circuit_breakers\": {{\n    \"thresholds\": [\n     {{\n      \"max_connections\": 1024,\n      \"max_pending_requests\": 1024,\n      \"max_requests\": 1024,\n      \"max_retries\": 3\n     }},\n     {{\n      \"priority\": \"HIGH\",\n      \"max_connections\": 1024,\n      \"max_pending_requests\": 1024,\n      \"max_requests\": 1024,\n      \"max_retries\": 3\n     }}\n    ]\n   }},\n   \"observability_name\": \"bulk_{c}\"\n  }}",
+            hosts.join(",\n")
+        ));
+    }
+    let body = format!(
+        "{{\n \"cluster_statuses\": [\n{}\n ]\n}}\n",
+        clusters.join(",\n")
+    );
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nserver: envoy\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.as_bytes().chunks(16 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// One cycle's work on one node's admin answer of `n` hosts, once the bytes have arrived:
+/// the HTTP session over 64 KiB reads, the JSON, and matching `n` routes against the hosts.
+fn bench_envoy_admin(n: usize) -> Result {
+    use sigma_agent_lite::envoy;
+    use sigma_agent_lite::http_client::{Progress, Session};
+    let answer = envoy_answer(n);
+    let routes: Vec<Route> = (0..n)
+        .map(|i| {
+            let host = format!("127.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
+            Route::new("n", &format!("r{i}"), 1 + i as u16, &host, 443).unwrap()
+        })
+        .collect();
+    let mut r = bench(
+        &format!("envoy admin answer, {n} hosts: read+parse+match"),
+        || {
+            let mut s = Session::get(
+                "127.0.0.1:9901",
+                "/clusters?format=json",
+                envoy::MAX_ADMIN_BODY_BYTES,
+            );
+            let mut body = None;
+            for piece in answer.chunks(64 * 1024) {
+                if let Progress::Done(resp) = s.receive(piece) {
+                    body = Some(resp.body);
+                }
+            }
+            let view = envoy::parse_clusters(&body.unwrap()).unwrap();
+            let matched = routes
+                .iter()
+                .filter(|r| envoy::match_route(&view, r, None).is_some())
+                .count();
+            assert_eq!(matched, n);
+            black_box(matched);
+        },
+    );
+    r.output_bytes = Some(answer.len());
+    r
+}
+
 fn fmt_ns(ns: f64) -> String {
     if ns >= 1e6 {
         format!("{:.3} ms", ns / 1e6)
@@ -300,7 +374,7 @@ fn main() {
     // `cargo bench` passes `--bench`; anything else not starting with `-` filters by name.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     type Bench = (&'static str, fn() -> Result);
-    let benches: [Bench; 9] = [
+    let benches: [Bench; 10] = [
         ("render_1000", || bench_render(1_000)),
         ("render_10000", || bench_render(10_000)),
         ("parse_head", bench_parse_head),
@@ -312,6 +386,7 @@ fn main() {
             bench_mcp_tools_call(true)
         }),
         ("mcp_parse_request", bench_mcp_parse_request),
+        ("envoy_admin_1000", || bench_envoy_admin(1_000)),
     ];
     println!(
         "{:<48} {:>12} {:>12} {:>12}",

@@ -23,6 +23,7 @@
 //! name equals the host's `hostname` (Envoy reports it for DNS clusters) or the address the
 //! probe connected to equals the host's address. Matching spans every cluster of the node.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::json::{self, Value};
@@ -85,11 +86,36 @@ impl Host {
 }
 
 /// Envoy's hosts of one node. Hosts that are not IP sockets (pipes, internal addresses) are
-/// left out: no route can name them.
+/// left out: no route can name them. Indexed by address and by host name (with the port), so
+/// matching a node's routes costs one lookup each, not a scan of every host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct View {
     pub clusters: Vec<String>,
     pub hosts: Vec<Host>,
+    by_address: HashMap<(IpAddr, u16), Vec<usize>>,
+    by_name: HashMap<(String, u16), Vec<usize>>,
+}
+
+impl View {
+    fn add(&mut self, host: Host) {
+        let i = self.hosts.len();
+        self.by_address
+            .entry((host.address, host.port))
+            .or_default()
+            .push(i);
+        if !host.hostname.is_empty() {
+            self.by_name
+                .entry((name_key(&host.hostname), host.port))
+                .or_default()
+                .push(i);
+        }
+        self.hosts.push(host);
+    }
+}
+
+/// A host name as the index keys it: lower case, without a trailing dot.
+fn name_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Parses a `/clusters?format=json` body. Errors say what is wrong and where (for the log and
@@ -127,7 +153,7 @@ pub fn parse_clusters(body: &[u8]) -> Result<View, String> {
         for (j, host) in array(cluster, "host_statuses", &at)?.iter().enumerate() {
             let at = format!("{at}.host_statuses[{j}]");
             if let Some(host) = parse_host(host, index, &at)? {
-                view.hosts.push(host);
+                view.add(host);
             }
         }
     }
@@ -255,21 +281,27 @@ impl EnvoyMatch {
 /// Matches `route` against its node's `view`; `probed` is the address the last probe
 /// connected to, if any. `None` when Envoy has no such host.
 pub fn match_route(view: &View, route: &Route, probed: Option<IpAddr>) -> Option<EnvoyMatch> {
-    let name = route.host.trim_end_matches('.');
-    let matches = |h: &&Host| {
-        h.port == route.port
-            && match route.ip() {
-                Some(ip) => h.address == ip,
-                None => {
-                    (!h.hostname.is_empty()
-                        && h.hostname.trim_end_matches('.').eq_ignore_ascii_case(name))
-                        || probed == Some(h.address)
-                }
+    let none = Vec::new();
+    let at = |ip: IpAddr| view.by_address.get(&(ip, route.port)).unwrap_or(&none);
+    let mut indices: Vec<usize> = match route.ip() {
+        Some(ip) => at(ip).clone(),
+        None => {
+            let mut v = view
+                .by_name
+                .get(&(name_key(&route.host), route.port))
+                .unwrap_or(&none)
+                .clone();
+            if let Some(ip) = probed {
+                v.extend_from_slice(at(ip));
             }
+            v
+        }
     };
+    indices.sort_unstable();
+    indices.dedup();
     let mut found: Option<EnvoyMatch> = None;
     let mut unknown = false;
-    for host in view.hosts.iter().filter(matches) {
+    for host in indices.iter().filter_map(|&i| view.hosts.get(i)) {
         let verdict = host.would_send();
         unknown |= verdict.is_none();
         let m = found.get_or_insert_with(|| EnvoyMatch {

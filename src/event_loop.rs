@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::dns::{Resolver, ResolverConfig};
+use crate::envoy_admin::EnvoyAdmin;
 use crate::http;
 use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
@@ -116,6 +117,9 @@ pub struct Agent {
     /// Out of descriptors at the last accept: a shortage is logged once, when it starts.
     fd_short: bool,
     prober: Prober,
+    /// Envoy admin reads, started with each probe cycle.
+    envoy: EnvoyAdmin,
+    interval: Duration,
     source: RouteSource,
     /// A cycle is due and waits for the route source's fetch (at most its deadline).
     cycle_waits: bool,
@@ -198,6 +202,8 @@ impl Agent {
             accept_retry: None,
             fd_short: false,
             prober,
+            envoy: EnvoyAdmin::new(),
+            interval: config.interval,
             source,
             cycle_waits: false,
             source_answered: false,
@@ -278,6 +284,10 @@ impl Agent {
                         let snap = &mut *self.snapshot.borrow_mut();
                         self.prober.on_event(now, wall, self.poll.registry(), snap);
                     }
+                    token if self.envoy.owns(token) => {
+                        let snap = &mut *self.snapshot.borrow_mut();
+                        self.envoy.on_event(token, self.poll.registry(), now, snap);
+                    }
                     token => {
                         if self.drive(token, now) == Flow::Stop {
                             return Ok(());
@@ -289,8 +299,10 @@ impl Agent {
     }
 
     /// Everything that is due at `now`: expired connections, the route source's deadline,
-    /// probes and cycles.
+    /// Envoy admin reads, probes and cycles.
     fn sweep(&mut self, now: Instant) {
+        self.envoy
+            .expire(now, self.poll.registry(), &mut self.snapshot.borrow_mut());
         // Connections rarely expire: look before collecting, so a wake-up allocates nothing.
         if self.entries.values().any(|e| e.deadline() <= now) {
             let expired: Vec<Token> = self
@@ -352,8 +364,22 @@ impl Agent {
         conns
             .chain(prober)
             .chain(self.source.next_deadline())
+            .chain(self.envoy.next_deadline())
             .chain(self.accept_retry)
             .min()
+    }
+
+    /// Starts this cycle's reads of the nodes' Envoy admin interfaces (`envoy_admin.rs`).
+    fn start_envoy_reads(&mut self, now: Instant) {
+        let snap = &mut *self.snapshot.borrow_mut();
+        let next_token = &mut self.next_token;
+        let mut tokens = || {
+            let t = Token(*next_token);
+            *next_token += 1;
+            t
+        };
+        self.envoy
+            .start_cycle(snap, self.poll.registry(), now, self.interval, &mut tokens);
     }
 
     /// Asks the route source again (`force`: SIGHUP, read the file even if unchanged). A
@@ -380,6 +406,7 @@ impl Agent {
         if self.cycle_waits {
             self.cycle_waits = false;
             self.prober.start_cycle(now);
+            self.start_envoy_reads(now);
         } else if changed {
             self.prober.restart(self.poll.registry(), now);
         }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dns;
 pub mod envoy;
+pub mod envoy_admin;
 pub mod event_loop;
 pub mod http;
 pub mod http_client;

@@ -114,14 +114,20 @@ const TOOL_DESCRIPTION: &str = "Reachability of the backends of this node's Envo
 from the agent's periodic TCP connect probes. Read-only: answers from the latest probe results \
 and does not probe. Returns a summary (counts, last cycle time) and one entry per backend with \
 reachable, latency_ms, reason (refused/timeout/unreachable/dns/error), since when \
-(last_change_at) and consecutive_failures. Check `status` first: before the first probe cycle \
-completes, or when probing is disabled or stuck, the entries are incomplete or stale. Set \
-unreachable_only to true to list only backends whose last probe failed.";
+(last_change_at) and consecutive_failures, and Envoy's own view of the same backend from its \
+admin interface when the node has one (envoy: healthy, the failing health flags, the cluster, \
+and mismatch: envoy_healthy_agent_down when Envoy would send traffic to a backend this host \
+cannot connect to, envoy_unhealthy_agent_up the other way round). Check `status` first: before \
+the first probe cycle completes, or when probing is disabled or stuck, the entries are \
+incomplete or stale. Set unreachable_only to true to list only backends whose last probe \
+failed, mismatch_only to true to list only backends where Envoy and this host disagree.";
 
 /// `inputSchema` of the tool (one line: output lines must not contain a newline).
 const INPUT_SCHEMA: &str = concat!(
     r#"{"type":"object","properties":{"unreachable_only":{"type":"boolean","#,
     r#""description":"true: list only backends whose last probe failed. Default false: all backends.","#,
+    r#""default":false},"mismatch_only":{"type":"boolean","#,
+    r#""description":"true: list only backends where Envoy's view and this host's probe disagree. Default false.","#,
     r#""default":false}},"additionalProperties":false}"#
 );
 
@@ -132,18 +138,28 @@ const OUTPUT_SCHEMA: &str = concat!(
     r#""note":{"type":"string"},"#,
     r#""generated_at":{"type":"string","format":"date-time"},"#,
     r#""unreachable_only":{"type":"boolean"},"#,
+    r#""mismatch_only":{"type":"boolean"},"#,
     r#""summary":{"type":"object","properties":{"#,
     r#""routes":{"type":"integer","minimum":0},"#,
     r#""reachable":{"type":"integer","minimum":0},"#,
     r#""unreachable":{"type":"integer","minimum":0},"#,
     r#""not_probed":{"type":"integer","minimum":0},"#,
+    r#""mismatches":{"type":"integer","minimum":0},"#,
     r#""cycles_completed":{"type":"integer","minimum":0},"#,
     r#""last_cycle_at":{"type":["string","null"],"format":"date-time"},"#,
     r#""last_cycle_duration_seconds":{"type":["number","null"],"minimum":0},"#,
     r#""probe_enabled":{"type":"boolean"},"#,
     r#""probe_interval_seconds":{"type":"number","minimum":0}},"#,
-    r#""required":["routes","reachable","unreachable","not_probed","cycles_completed","#,
+    r#""required":["routes","reachable","unreachable","not_probed","mismatches","cycles_completed","#,
     r#""last_cycle_at","last_cycle_duration_seconds","probe_enabled","probe_interval_seconds"]},"#,
+    r#""envoy_admin":{"type":"array","items":{"type":"object","properties":{"#,
+    r#""node":{"type":"string"},"#,
+    r#""admin_port":{"type":"integer","minimum":1,"maximum":65535},"#,
+    r#""up":{"type":["boolean","null"]},"#,
+    r#""error":{"type":["string","null"]},"#,
+    r#""fetch_duration_seconds":{"type":["number","null"],"minimum":0},"#,
+    r#""hosts":{"type":"integer","minimum":0}},"#,
+    r#""required":["node","admin_port","up","error","fetch_duration_seconds","hosts"]}},"#,
     r#""backends":{"type":"array","items":{"type":"object","properties":{"#,
     r#""node":{"type":"string"},"#,
     r#""route":{"type":"string"},"#,
@@ -156,10 +172,19 @@ const OUTPUT_SCHEMA: &str = concat!(
     r#""detail":{"type":["string","null"]},"#,
     r#""last_probe_at":{"type":["string","null"],"format":"date-time"},"#,
     r#""last_change_at":{"type":["string","null"],"format":"date-time"},"#,
-    r#""consecutive_failures":{"type":"integer","minimum":0}},"#,
+    r#""consecutive_failures":{"type":"integer","minimum":0},"#,
+    r#""envoy":{"type":["object","null"],"properties":{"#,
+    r#""healthy":{"type":["boolean","null"]},"#,
+    r#""mismatch":{"enum":["envoy_healthy_agent_down","envoy_unhealthy_agent_up",null]},"#,
+    r#""mismatch_since":{"type":["string","null"],"format":"date-time"},"#,
+    r#""cluster":{"type":"string"},"#,
+    r#""hosts":{"type":"integer","minimum":1},"#,
+    r#""eds_health_status":{"type":"string"},"#,
+    r#""failing":{"type":"array","items":{"type":"string"}}},"#,
+    r#""required":["healthy","mismatch","mismatch_since","cluster","hosts","eds_health_status","failing"]}},"#,
     r#""required":["node","route","listen_port","backend","address","reachable","latency_ms","#,
-    r#""reason","detail","last_probe_at","last_change_at","consecutive_failures"]}}},"#,
-    r#""required":["status","note","generated_at","unreachable_only","summary","backends"]}"#
+    r#""reason","detail","last_probe_at","last_change_at","consecutive_failures","envoy"]}}},"#,
+    r#""required":["status","note","generated_at","unreachable_only","mismatch_only","summary","envoy_admin","backends"]}"#
 );
 
 // ---------------------------------------------------------------- framing
@@ -556,14 +581,15 @@ fn tools_call(
             return write_error(out, Some(id), INVALID_PARAMS, &m, None);
         }
     };
-    let mut unreachable_only = false;
+    let mut filter = Filter::default();
     for (key, value) in args {
         match (key.as_str(), value) {
-            ("unreachable_only", Value::Bool(b)) => unreachable_only = *b,
-            ("unreachable_only", other) => {
+            ("unreachable_only", Value::Bool(b)) => filter.unreachable_only = *b,
+            ("mismatch_only", Value::Bool(b)) => filter.mismatch_only = *b,
+            (name @ ("unreachable_only" | "mismatch_only"), other) => {
                 let m = format!(
-                    "Invalid argument: unreachable_only must be a JSON boolean (true or false, \
-                     without quotes), got {} {}. Example: {{\"unreachable_only\": true}}",
+                    "Invalid argument: {name} must be a JSON boolean (true or false, \
+                     without quotes), got {} {}. Example: {{\"{name}\": true}}",
                     kind(other),
                     clip_value(other)
                 );
@@ -571,9 +597,10 @@ fn tools_call(
             }
             (other, _) => {
                 let m = format!(
-                    "Invalid argument: unknown argument \"{}\". The only argument is \
-                     unreachable_only (boolean, optional); send {{}} for all backends or \
-                     {{\"unreachable_only\": true}} for the failing ones",
+                    "Invalid argument: unknown argument \"{}\". The arguments are \
+                     unreachable_only and mismatch_only (booleans, optional); send {{}} for all \
+                     backends, {{\"unreachable_only\": true}} for the failing ones or \
+                     {{\"mismatch_only\": true}} for those where Envoy disagrees",
                     clip(other)
                 );
                 return tool_error(out, id, era, &m);
@@ -581,7 +608,7 @@ fn tools_call(
         }
     }
     let mut body = Vec::new();
-    write_health(&mut body, snap, now, unreachable_only);
+    write_health(&mut body, snap, now, filter);
     // Our writer copies only &str and ASCII, so this is always UTF-8; no panic regardless.
     let Ok(text) = String::from_utf8(body) else {
         let m = "Internal error: the health report was not UTF-8";
@@ -610,8 +637,15 @@ fn tool_error(out: &mut Vec<u8>, id: &Value, era: Era, message: &str) {
 
 // ---------------------------------------------------------------- the tool's answer
 
+/// The tool's filters; both on lists the backends that pass both.
+#[derive(Clone, Copy, Debug, Default)]
+struct Filter {
+    unreachable_only: bool,
+    mismatch_only: bool,
+}
+
 /// Writes the tool's structured answer (see `OUTPUT_SCHEMA`).
-fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, unreachable_only: bool) {
+fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, filter: Filter) {
     let (up, down, not_probed) = snap.summary();
     let total = snap.routes.len();
     let (status, note) = status_note(snap, now, up, down, not_probed);
@@ -619,13 +653,15 @@ fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, unreachable
     o.str("status", status)
         .str("note", &note)
         .str("generated_at", &rfc3339(now))
-        .bool("unreachable_only", unreachable_only);
+        .bool("unreachable_only", filter.unreachable_only)
+        .bool("mismatch_only", filter.mismatch_only);
     {
         let mut s = o.object("summary");
         s.u64("routes", total as u64)
             .u64("reachable", up as u64)
             .u64("unreachable", down as u64)
             .u64("not_probed", not_probed as u64)
+            .u64("mismatches", snap.mismatches() as u64)
             .u64("cycles_completed", snap.cycles_total);
         match snap.last_cycle_end {
             Some(t) => s.str("last_cycle_at", &rfc3339(t)),
@@ -638,9 +674,33 @@ fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, unreachable
         s.bool("probe_enabled", snap.probe_enabled)
             .f64("probe_interval_seconds", seconds_f64(snap.interval));
     }
+    {
+        let mut admin = o.array("envoy_admin");
+        for n in &snap.envoy_nodes {
+            let mut a = admin.object();
+            a.str("node", &n.node)
+                .u64("admin_port", n.admin_port.into());
+            match n.up {
+                Some(up) => a.bool("up", up),
+                None => a.null("up"),
+            };
+            match &n.last_error {
+                Some(e) => a.str("error", e),
+                None => a.null("error"),
+            };
+            match n.fetch_duration {
+                Some(d) => a.f64("fetch_duration_seconds", seconds_f64(d)),
+                None => a.null("fetch_duration_seconds"),
+            };
+            a.u64("hosts", n.hosts as u64);
+        }
+    }
     let mut backends = o.array("backends");
     for state in &snap.routes {
-        if unreachable_only && state.reachable() != Some(false) {
+        if filter.unreachable_only && state.reachable() != Some(false) {
+            continue;
+        }
+        if filter.mismatch_only && state.mismatch.is_none() {
             continue;
         }
         write_backend(&mut backends.object(), state);
@@ -730,6 +790,28 @@ fn write_backend(b: &mut ObjectWriter<'_>, state: &RouteState) {
         None => b.null("last_change_at"),
     };
     b.u64("consecutive_failures", state.consecutive_failures);
+    let Some(envoy) = &state.envoy else {
+        b.null("envoy");
+        return;
+    };
+    let mut e = b.object("envoy");
+    match envoy.healthy {
+        Some(h) => e.bool("healthy", h),
+        None => e.null("healthy"),
+    };
+    match state.mismatch {
+        Some((m, since)) => e
+            .str("mismatch", m.as_str())
+            .str("mismatch_since", &rfc3339(since)),
+        None => e.null("mismatch").null("mismatch_since"),
+    };
+    e.str("cluster", &envoy.cluster)
+        .u64("hosts", envoy.hosts as u64)
+        .str("eds_health_status", &envoy.eds_health_status);
+    let mut failing = e.array("failing");
+    for name in envoy.flag_names() {
+        failing.str(name);
+    }
 }
 
 /// Milliseconds with microsecond resolution (`2.345`). One division of an integer, so the

@@ -14,6 +14,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
+use crate::envoy::Mismatch;
 use crate::snapshot::{Outcome, Reason, RouteState, Snapshot};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -24,6 +25,12 @@ pub const BACKEND_FAILURES: &str = "sigma_backend_probe_failures_total";
 pub const BACKEND_DNS_SECONDS: &str = "sigma_backend_dns_lookup_seconds";
 pub const BACKEND_ADDRESSES: &str = "sigma_backend_addresses";
 pub const BACKEND_ADDRESSES_REACHABLE: &str = "sigma_backend_addresses_reachable";
+pub const ENVOY_BACKEND_HEALTHY: &str = "sigma_envoy_backend_healthy";
+pub const VIEW_MISMATCH: &str = "sigma_backend_view_mismatch";
+pub const ENVOY_ADMIN_UP: &str = "sigma_envoy_admin_up";
+pub const ENVOY_ADMIN_FETCH_DURATION: &str = "sigma_envoy_admin_fetch_duration_seconds";
+pub const ENVOY_ADMIN_ERRORS: &str = "sigma_envoy_admin_errors_total";
+pub const ENVOY_ADMIN_BYTES: &str = "sigma_envoy_admin_response_bytes";
 pub const CYCLES: &str = "sigma_probe_cycles_total";
 pub const OVERRUNS: &str = "sigma_probe_cycle_overruns_total";
 pub const CYCLE_DURATION: &str = "sigma_probe_cycle_duration_seconds";
@@ -205,6 +212,8 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         }
     }
 
+    render_envoy(snap, out);
+
     counter(out, CYCLES, "Probe cycles completed.", snap.cycles_total);
     counter(
         out,
@@ -329,6 +338,106 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         "Start time of the process since unix epoch in seconds.",
         unix_seconds(snap.started_at),
     );
+}
+
+/// Envoy's view: per route its verdict and the mismatch with ours, per node the admin read.
+fn render_envoy(snap: &Snapshot, out: &mut Vec<u8>) {
+    family(
+        out,
+        ENVOY_BACKEND_HEALTHY,
+        "gauge",
+        "1 if Envoy would send traffic to the backend (per its admin interface), 0 if it excluded it; absent when unknown.",
+    );
+    for s in &snap.routes {
+        if let Some(healthy) = s.envoy.as_ref().and_then(|e| e.healthy) {
+            series(out, ENVOY_BACKEND_HEALTHY, s, None);
+            out.extend_from_slice(if healthy { b" 1\n" } else { b" 0\n" });
+        }
+    }
+    family(
+        out,
+        VIEW_MISMATCH,
+        "gauge",
+        "1 if Envoy and this host's probe disagree about the backend, by direction; absent while either view is unknown.",
+    );
+    for s in &snap.routes {
+        if !s.views_known() {
+            continue;
+        }
+        for m in Mismatch::ALL {
+            labelled_series(out, VIEW_MISMATCH, s, "direction", m.as_str());
+            let on = s.mismatch.is_some_and(|(now, _)| now == m);
+            out.extend_from_slice(if on { b" 1\n" } else { b" 0\n" });
+        }
+    }
+    let nodes = || snap.envoy_nodes.iter();
+    family(
+        out,
+        ENVOY_ADMIN_UP,
+        "gauge",
+        "1 if the last read of the node's Envoy admin interface (/clusters?format=json) succeeded.",
+    );
+    for n in nodes().filter(|n| n.up.is_some()) {
+        node_series(out, ENVOY_ADMIN_UP, &n.node);
+        out.extend_from_slice(if n.up == Some(true) { b" 1\n" } else { b" 0\n" });
+    }
+    family(
+        out,
+        ENVOY_ADMIN_FETCH_DURATION,
+        "gauge",
+        "Duration of the last read of the node's Envoy admin interface.",
+    );
+    for n in nodes() {
+        if let Some(d) = n.fetch_duration {
+            node_series(out, ENVOY_ADMIN_FETCH_DURATION, &n.node);
+            out.push(b' ');
+            write_f64(out, d.as_secs_f64());
+            out.push(b'\n');
+        }
+    }
+    family(
+        out,
+        ENVOY_ADMIN_ERRORS,
+        "counter",
+        "Failed reads of the node's Envoy admin interface.",
+    );
+    for n in nodes() {
+        node_series(out, ENVOY_ADMIN_ERRORS, &n.node);
+        out.push(b' ');
+        write_u64(out, n.errors_total);
+        out.push(b'\n');
+    }
+    family(
+        out,
+        ENVOY_ADMIN_BYTES,
+        "gauge",
+        "Bytes received in the last successful read of the node's Envoy admin interface.",
+    );
+    for n in nodes().filter(|n| n.up == Some(true)) {
+        node_series(out, ENVOY_ADMIN_BYTES, &n.node);
+        out.push(b' ');
+        write_u64(out, n.body_bytes as u64);
+        out.push(b'\n');
+    }
+}
+
+/// `name{node=".."}` without value.
+fn node_series(out: &mut Vec<u8>, name: &str, node: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"{node=\"");
+    write_label_value(out, node);
+    out.extend_from_slice(b"\"}");
+}
+
+/// A route's series with one more label (a fixed ASCII value).
+fn labelled_series(out: &mut Vec<u8>, name: &str, s: &RouteState, key: &str, value: &str) {
+    series(out, name, s, None);
+    out.pop(); // the closing `}`
+    out.push(b',');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"=\"");
+    write_label_value(out, value);
+    out.extend_from_slice(b"\"}");
 }
 
 /// Escapes a label value as the exposition format requires: `\` `"` and newline.
@@ -487,6 +596,29 @@ mod tests {
             t0 + Duration::from_secs(2),
         );
         snap.source.errors_total = 1;
+        // Envoy says both backends of n1 are healthy; the second is down here.
+        let healthy = crate::envoy::EnvoyMatch {
+            healthy: Some(true),
+            cluster: "c".into(),
+            hosts: 1,
+            flags: 0,
+            eds_health_status: "HEALTHY".into(),
+        };
+        for i in 0..2 {
+            snap.routes[i].envoy = Some(healthy.clone());
+            snap.refresh_mismatch(i, t0);
+        }
+        let node = |name: &str, up: bool, ms: u64, errors: u64| crate::snapshot::EnvoyNode {
+            node: name.into(),
+            admin_port: 9901,
+            up: Some(up),
+            errors_total: errors,
+            last_error: None,
+            fetch_duration: Some(Duration::from_micros(ms)),
+            body_bytes: 10464,
+            hosts: 10,
+        };
+        snap.envoy_nodes = vec![node("n1", true, 4200, 0), node("n2", false, 3_000_000, 4)];
         let process = ProcessStats {
             resident_bytes: Some(2_000_000),
             cpu_seconds: Some(0.25),
@@ -518,6 +650,31 @@ sigma_backend_addresses{{node="n1",route="down",listen_port="10002",backend="[::
 # HELP sigma_backend_addresses_reachable strict_dns routes: addresses that accepted a TCP connection in the last probe.
 # TYPE sigma_backend_addresses_reachable gauge
 sigma_backend_addresses_reachable{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 2
+# HELP sigma_envoy_backend_healthy 1 if Envoy would send traffic to the backend (per its admin interface), 0 if it excluded it; absent when unknown.
+# TYPE sigma_envoy_backend_healthy gauge
+sigma_envoy_backend_healthy{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080"}} 1
+sigma_envoy_backend_healthy{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 1
+# HELP sigma_backend_view_mismatch 1 if Envoy and this host's probe disagree about the backend, by direction; absent while either view is unknown.
+# TYPE sigma_backend_view_mismatch gauge
+sigma_backend_view_mismatch{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080",direction="envoy_healthy_agent_down"}} 0
+sigma_backend_view_mismatch{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080",direction="envoy_unhealthy_agent_up"}} 0
+sigma_backend_view_mismatch{{node="n1",route="down",listen_port="10002",backend="[::1]:9",direction="envoy_healthy_agent_down"}} 1
+sigma_backend_view_mismatch{{node="n1",route="down",listen_port="10002",backend="[::1]:9",direction="envoy_unhealthy_agent_up"}} 0
+# HELP sigma_envoy_admin_up 1 if the last read of the node's Envoy admin interface (/clusters?format=json) succeeded.
+# TYPE sigma_envoy_admin_up gauge
+sigma_envoy_admin_up{{node="n1"}} 1
+sigma_envoy_admin_up{{node="n2"}} 0
+# HELP sigma_envoy_admin_fetch_duration_seconds Duration of the last read of the node's Envoy admin interface.
+# TYPE sigma_envoy_admin_fetch_duration_seconds gauge
+sigma_envoy_admin_fetch_duration_seconds{{node="n1"}} 0.0042
+sigma_envoy_admin_fetch_duration_seconds{{node="n2"}} 3
+# HELP sigma_envoy_admin_errors_total Failed reads of the node's Envoy admin interface.
+# TYPE sigma_envoy_admin_errors_total counter
+sigma_envoy_admin_errors_total{{node="n1"}} 0
+sigma_envoy_admin_errors_total{{node="n2"}} 4
+# HELP sigma_envoy_admin_response_bytes Bytes received in the last successful read of the node's Envoy admin interface.
+# TYPE sigma_envoy_admin_response_bytes gauge
+sigma_envoy_admin_response_bytes{{node="n1"}} 10464
 # HELP sigma_probe_cycles_total Probe cycles completed.
 # TYPE sigma_probe_cycles_total counter
 sigma_probe_cycles_total 1

@@ -663,6 +663,11 @@ fn connected(stream: &TcpStream) -> Connect {
 /// probe); the label is only formatted when a line is written.
 fn record(snap: &mut Snapshot, index: usize, result: ProbeResult, wall: SystemTime) {
     let change = snap.record(index, result, wall);
+    if let Some(m) = snap.refresh_mismatch(index, wall) {
+        if let Some(state) = snap.routes.get(index) {
+            crate::envoy_admin::log_mismatch(state, m);
+        }
+    }
     if change == Change::Same && !log::log_enabled!(log::Level::Debug) {
         return;
     }

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use crate::envoy::{EnvoyMatch, Mismatch};
 use crate::route::Route;
 
 /// Why a probe failed. The order is the order of the failure counters in `RouteState`.
@@ -85,6 +86,11 @@ pub struct RouteState {
     pub consecutive_failures: u64,
     /// When reachability last flipped (or the first result arrived).
     pub last_change: Option<SystemTime>,
+    /// Envoy's verdict on this backend from the node's last admin read; None when the node
+    /// has no admin port, the read failed, or Envoy has no such host.
+    pub envoy: Option<EnvoyMatch>,
+    /// The two views disagree (both known), and since when.
+    pub mismatch: Option<(Mismatch, SystemTime)>,
 }
 
 impl RouteState {
@@ -95,7 +101,18 @@ impl RouteState {
             failures: [0; 5],
             consecutive_failures: 0,
             last_change: None,
+            envoy: None,
+            mismatch: None,
         }
+    }
+
+    /// Whether the two views are both known (then `mismatch` says if they disagree).
+    pub fn views_known(&self) -> bool {
+        Mismatch::between(
+            self.envoy.as_ref().and_then(|e| e.healthy),
+            self.reachable(),
+        )
+        .is_some()
     }
 
     pub fn failures(&self, reason: Reason) -> u64 {
@@ -145,6 +162,34 @@ pub struct AgentErrors {
     pub probe: u64,
 }
 
+/// How reading one node's Envoy admin interface is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyNode {
+    pub node: String,
+    pub admin_port: u16,
+    /// The last read succeeded; None before the first one ended.
+    pub up: Option<bool>,
+    pub errors_total: u64,
+    /// What went wrong in the last read, while it is failing.
+    pub last_error: Option<String>,
+    /// How long the last read took, how many body bytes and hosts it gave.
+    pub fetch_duration: Option<Duration>,
+    pub body_bytes: usize,
+    pub hosts: usize,
+}
+
+/// A mismatch began or ended, returned by [`Snapshot::refresh_mismatch`] to be logged once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MismatchChange {
+    Started(Mismatch),
+    /// Ended after this long; `known` is false when it ended because a view became unknown.
+    Ended {
+        was: Mismatch,
+        lasted: Duration,
+        known: bool,
+    },
+}
+
 /// The agent's shared state. See the module docs.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -159,6 +204,8 @@ pub struct Snapshot {
     pub agent_errors: AgentErrors,
     /// When the agent started (process_start_time_seconds).
     pub started_at: SystemTime,
+    /// Envoy admin interfaces read once per cycle, one per node that has an admin port.
+    pub envoy_nodes: Vec<EnvoyNode>,
 }
 
 impl Snapshot {
@@ -179,7 +226,41 @@ impl Snapshot {
             },
             agent_errors: AgentErrors::default(),
             started_at,
+            envoy_nodes: Vec::new(),
         }
+    }
+
+    /// Re-derives the mismatch of route `index` from its two views; returns a change to log.
+    pub fn refresh_mismatch(&mut self, index: usize, at: SystemTime) -> Option<MismatchChange> {
+        let state = self.routes.get_mut(index)?;
+        let envoy = state.envoy.as_ref().and_then(|e| e.healthy);
+        let verdict = Mismatch::between(envoy, state.reachable());
+        let now = verdict.flatten();
+        match (state.mismatch, now) {
+            (None, None) => None,
+            (Some((was, _)), Some(is)) if was == is => None,
+            (old, Some(is)) => {
+                state.mismatch = Some((is, at));
+                match old {
+                    None => Some(MismatchChange::Started(is)),
+                    // Flipped direction: log it as a start of the new one.
+                    Some(_) => Some(MismatchChange::Started(is)),
+                }
+            }
+            (Some((was, since)), None) => {
+                state.mismatch = None;
+                Some(MismatchChange::Ended {
+                    was,
+                    lasted: at.duration_since(since).unwrap_or_default(),
+                    known: verdict.is_some(),
+                })
+            }
+        }
+    }
+
+    /// Routes whose two views disagree.
+    pub fn mismatches(&self) -> usize {
+        self.routes.iter().filter(|s| s.mismatch.is_some()).count()
     }
 
     /// Replaces the route set. A route whose node, name, listen port and backend are all

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod dns_server;
+pub mod envoy_admin;
 #[cfg(feature = "postgres")]
 pub mod pg;
 #[cfg(feature = "tls")]
