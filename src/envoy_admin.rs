@@ -32,6 +32,9 @@ use crate::snapshot::{EnvoyNode, MismatchChange, RouteState, Snapshot};
 pub const ADMIN_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes read per `read` call; the buffer is kept and reused between reads.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A read that received more than this many bytes hands the freed memory back to the system
+/// afterwards (`release_freed_memory`): ~350 hosts; smaller answers leave little to return.
+pub const TRIM_AFTER_BYTES: usize = 256 * 1024;
 /// The path read: Envoy's `admin.v3.Clusters` in JSON.
 pub const CLUSTERS_PATH: &str = "/clusters?format=json";
 
@@ -229,6 +232,23 @@ fn finish(snap: &mut Snapshot, fetch: Fetch, outcome: Result<Vec<u8>, String>, n
         bytes,
         SystemTime::now(),
     );
+    if bytes > TRIM_AFTER_BYTES {
+        release_freed_memory();
+    }
+}
+
+/// The body and its JSON tree (about 6 MB at peak for 1,000 hosts) are freed once a read is
+/// applied, but glibc's allocator keeps the freed pages; hand them back, so the resident size
+/// between cycles is what the agent holds, not its peak. It costs the next read the page
+/// faults (measured with 1,000 hosts: RSS between cycles 9.3 MB -> 4.3 MB, CPU per read
+/// +~5 ms), so only after reads larger than [`TRIM_AFTER_BYTES`].
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers and only returns free memory to the system; it is
+    // safe to call at any time.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Records the result of one node's read in the snapshot and re-derives its routes'

@@ -46,7 +46,7 @@ use crate::pg_conninfo::{self, ConnInfo, Target, MAX_PGPASS_BYTES};
 #[cfg(feature = "tls")]
 use crate::pg_tls::{SslMode, TlsClient};
 use crate::pg_wire::{self, Phase, Progress, Session, WireError};
-use crate::route::{Route, MAX_FIELD_LEN, MAX_ROUTES};
+use crate::route::{ClusterType, Route, MAX_FIELD_LEN, MAX_ROUTES};
 
 pub use crate::pg_conninfo::{APPLICATION_NAME, DEFAULT_PORT};
 
@@ -86,10 +86,13 @@ pub const VPS_SQL: &str = "SELECT id::text FROM vps \
 /// [`VPS_SQL`] (same predicate, same snapshot: the transaction is REPEATABLE READ). Its rows are
 /// used only when that found exactly one VPS. Text fields are cut to one character over
 /// [`MAX_FIELD_LEN`] so a huge value costs nothing and still fails validation. `LIMIT $2` is
-/// [`MAX_ROUTES`] + 1, to notice the cap. Indexes: `vps(hostname)`, the UNIQUE
+/// [`MAX_ROUTES`] + 1, to notice the cap. The last three columns say how Envoy connects
+/// (`envoy_nodes.admin_port`, `envoy_routes.cluster_type`, `connect_timeout_secs`; NULL when
+/// not set). Indexes: `vps(hostname)`, the UNIQUE
 /// `envoy_nodes(vps_id, node_id)` and `envoy_routes(envoy_node_id, listen_port)`.
 pub const ROUTES_SQL: &str = "SELECT left(n.node_id, 254), left(r.name, 254), \
-     r.listen_port::integer, left(r.backend_host, 254), r.backend_port::integer \
+     r.listen_port::integer, left(r.backend_host, 254), r.backend_port::integer, \
+     n.admin_port::integer, left(r.cluster_type, 32), r.connect_timeout_secs::integer \
      FROM vps v \
      JOIN envoy_nodes n ON n.vps_id = v.id \
      JOIN envoy_routes r ON r.envoy_node_id = n.id \
@@ -393,11 +396,6 @@ impl PgSource {
         )
     }
 
-    /// Whether a fetch is in progress.
-    pub fn fetching(&self) -> bool {
-        self.fetch.is_some()
-    }
-
     /// Whether `token` is this source's (its socket or its name lookup).
     pub fn owns(&self, token: Token) -> bool {
         self.conn.as_ref().is_some_and(|c| c.token == token)
@@ -433,9 +431,7 @@ impl PgSource {
         if self.next_attempt.is_some_and(|due| now < due) {
             return Some(Fetch::Backoff);
         }
-        let reused = self.conn.as_ref().is_some_and(
-            |c| matches!(&c.stage, Stage::Open { session, .. } if session.phase() == Phase::Idle),
-        );
+        let reused = self.idle();
         if !reused {
             // A half-open connection from before (cannot happen between fetches, but be sure).
             self.drop_conn(registry);
@@ -486,26 +482,26 @@ impl PgSource {
         registry: &Registry,
         tokens: &mut dyn FnMut() -> Token,
     ) -> Option<Fetch> {
+        self.fetch.as_ref()?;
         let conn = self.conn.as_mut()?;
         let expired = conn.deadline.is_some_and(|d| now >= d);
         let step = if expired {
-            let (doing, bound) = match &conn.stage {
-                Stage::Open { session, .. } if session.phase() == Phase::Reading => {
-                    (conn.stage.doing().to_owned(), "QUERY_TIMEOUT")
-                }
+            let (doing, bound, limit) = match &conn.stage {
+                Stage::Open { session, .. } if session.phase() == Phase::Reading => (
+                    conn.stage.doing().to_owned(),
+                    "QUERY_TIMEOUT",
+                    QUERY_TIMEOUT,
+                ),
                 Stage::Resolving(_) => (
                     format!("resolving '{}'", self.tls_host().escape_debug()),
                     "CONNECT_TIMEOUT",
+                    CONNECT_TIMEOUT,
                 ),
                 stage => (
                     format!("{} {}", stage.doing(), conn.addr),
                     "CONNECT_TIMEOUT",
+                    CONNECT_TIMEOUT,
                 ),
-            };
-            let limit = if bound == "QUERY_TIMEOUT" {
-                QUERY_TIMEOUT
-            } else {
-                CONNECT_TIMEOUT
             };
             Err(Failure::new(format!(
                 "no answer within {} ms while {doing} ({bound})",
@@ -1128,16 +1124,23 @@ fn routes_from_rows(rows: Vec<pg_wire::Row>) -> (Vec<Route>, Vec<String>) {
         let listen_port = text("listen_port")?;
         let host = text("backend_host")?;
         let port = text("backend_port")?;
+        let admin_port = cols.next().flatten();
+        let cluster_type = cols.next().flatten();
+        let connect_timeout = cols.next().flatten();
         let int = |v: &str, what: &str| {
             v.parse::<i32>()
                 .map_err(|_| format!("{what} '{}' is not an integer", v.escape_debug()))
         };
+        let opt_int = |v: Option<String>, what: &str| v.map(|v| int(&v, what)).transpose();
         Ok(RawRoute {
             node,
             name,
             listen_port: int(&listen_port, "listen_port")?,
             host,
             port: int(&port, "backend_port")?,
+            admin_port: opt_int(admin_port, "admin_port")?,
+            cluster_type,
+            connect_timeout_secs: opt_int(connect_timeout, "connect_timeout_secs")?,
         })
     });
     build_routes(raw)
@@ -1151,6 +1154,10 @@ pub struct RawRoute {
     pub listen_port: i32,
     pub host: String,
     pub port: i32,
+    /// How Envoy connects; `None` is SQL NULL.
+    pub admin_port: Option<i32>,
+    pub cluster_type: Option<String>,
+    pub connect_timeout_secs: Option<i32>,
 }
 
 /// Validates rows into routes: a bad row is skipped with a message naming it; more than
@@ -1181,7 +1188,7 @@ where
             Route::new(&raw.node, &raw.name, listen_port, &raw.host, port)
         });
         match route {
-            Ok(route) => routes.push(route),
+            Ok(route) => routes.push(with_envoy(route, &raw, &mut skipped)),
             Err(e) => skipped.push(format!(
                 "database: route '{}' of node '{}' skipped: {e}",
                 raw.name.escape_debug(),
@@ -1190,6 +1197,56 @@ where
         }
     }
     (routes, skipped)
+}
+
+/// Adds how Envoy connects to a valid route. A bad value there does not lose the route: it is
+/// probed as if the value were not set, with a message naming it.
+fn with_envoy(route: Route, raw: &RawRoute, problems: &mut Vec<String>) -> Route {
+    let mut problem = |what: String| {
+        problems.push(format!(
+            "database: route '{}' of node '{}': {what}; probing it as if not set",
+            raw.name.escape_debug(),
+            raw.node.escape_debug()
+        ))
+    };
+    let admin_port = match raw.admin_port {
+        None => None,
+        Some(p) => match port_of(p, "admin_port") {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problem(e);
+                None
+            }
+        },
+    };
+    let cluster_type = match raw.cluster_type.as_deref() {
+        None | Some("") => ClusterType::Unspecified,
+        Some(t) => ClusterType::parse(t).unwrap_or_else(|| {
+            problem(format!(
+                "cluster_type '{}' is not one of static, strict_dns, logical_dns",
+                t.escape_debug()
+            ));
+            ClusterType::Unspecified
+        }),
+    };
+    let connect_timeout = match raw.connect_timeout_secs {
+        None => None,
+        Some(secs) if secs > 0 => Some(Duration::from_secs(secs as u64)),
+        Some(secs) => {
+            problem(format!("connect_timeout_secs {secs} is not above 0"));
+            None
+        }
+    };
+    match route
+        .clone()
+        .with_envoy(admin_port, cluster_type, connect_timeout)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            problem(e);
+            route
+        }
+    }
 }
 
 fn port_of(v: i32, what: &str) -> Result<u16, String> {
@@ -1210,7 +1267,41 @@ mod tests {
             listen_port,
             host: host.into(),
             port,
+            admin_port: None,
+            cluster_type: None,
+            connect_timeout_secs: None,
         }
+    }
+
+    #[test]
+    fn envoy_columns_fill_the_route_and_bad_ones_only_warn() {
+        let envoy = |admin: Option<i32>, ct: Option<&str>, t: Option<i32>, host: &str| {
+            let mut r = raw("n", "r", 10001, host, 443);
+            r.admin_port = admin;
+            r.cluster_type = ct.map(str::to_owned);
+            r.connect_timeout_secs = t;
+            Ok(r)
+        };
+        let (routes, problems) = build_routes(vec![
+            envoy(Some(9901), Some("strict_dns"), Some(2), "hk01.example.com"),
+            envoy(Some(70000), Some("eds"), Some(0), "hk02.example.com"),
+            envoy(None, Some("static"), None, "hk03.example.com"),
+            envoy(None, None, None, "10.0.0.1"),
+        ]);
+        assert_eq!(routes.len(), 4, "{problems:?}");
+        assert_eq!(routes[0].admin_port, Some(9901));
+        assert_eq!(routes[0].cluster_type, ClusterType::StrictDns);
+        assert_eq!(routes[0].connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(routes[1].admin_port, None);
+        assert_eq!(routes[1].cluster_type, ClusterType::Unspecified);
+        assert_eq!(routes[1].connect_timeout, None);
+        assert_eq!(routes[2].cluster_type, ClusterType::Unspecified);
+        assert_eq!(routes[3].cluster_type, ClusterType::Unspecified);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("admin_port 70000"));
+        assert!(problems[1].contains("cluster_type 'eds'"));
+        assert!(problems[2].contains("connect_timeout_secs 0"));
+        assert!(problems[3].contains("static needs an IP"));
     }
 
     #[test]
@@ -1246,6 +1337,9 @@ mod tests {
                 Some("10001"),
                 Some("127.0.0.1"),
                 Some("22"),
+                Some("9901"),
+                Some("static"),
+                None,
             ]),
             row(&[Some("n"), Some("r2"), Some("x"), Some("h"), Some("22")]),
             row(&[Some("n"), Some("r3"), Some("10003"), None, Some("22")]),
@@ -1253,6 +1347,8 @@ mod tests {
         ]);
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].backend, "127.0.0.1:22");
+        assert_eq!(routes[0].admin_port, Some(9901));
+        assert_eq!(routes[0].cluster_type, ClusterType::Static);
         assert_eq!(skipped.len(), 3, "{skipped:?}");
         assert!(skipped[0].contains("listen_port 'x' is not an integer"));
         assert!(skipped[1].contains("backend_host is NULL"));

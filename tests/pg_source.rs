@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::{rows, Driven, PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
 
-use sigma_agent_lite::route::Route;
+use sigma_agent_lite::route::{ClusterType, Route};
 use sigma_agent_lite::source_pg::{
     Fetch, PgSource, BACKOFF_MIN, CONNECT_TIMEOUT, QUERY_TIMEOUT, ROUTES_SQL, STATEMENT_TIMEOUT,
 };
@@ -82,12 +82,21 @@ fn registered_vps_routes_in_node_and_port_order() {
     let Fetch::Routes(routes) = src.fetch(Instant::now()) else {
         panic!("not registered?")
     };
+    // The fixture's nodes have admin port 9901, its routes logical_dns with a 5 s timeout.
+    let envoy = |r: Route| {
+        r.with_envoy(
+            Some(9901),
+            ClusterType::LogicalDns,
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap()
+    };
     assert_eq!(
         routes,
         vec![
-            Route::new("layer4-01", "a", 10001, "2001:db8::1", 8443).unwrap(),
-            Route::new("layer4-01", "c", 10002, "hk013.example.com", 443).unwrap(),
-            Route::new("layer4-02", "b", 10001, "127.1.0.2", 22).unwrap(),
+            envoy(Route::new("layer4-01", "a", 10001, "2001:db8::1", 8443).unwrap()),
+            envoy(Route::new("layer4-01", "c", 10002, "hk013.example.com", 443).unwrap()),
+            envoy(Route::new("layer4-02", "b", 10001, "127.1.0.2", 22).unwrap()),
         ]
     );
     assert!(src.last_fetch_duration().is_some());
@@ -554,4 +563,65 @@ fn thousand_routes_fetch_time_and_plan() {
         .map(|r| r.get(0))
         .collect();
     println!("EXPLAIN ANALYZE of ROUTES_SQL:\n{}", plan.join("\n"));
+}
+
+/// How Envoy connects comes along: the node's admin port, the route's cluster type and
+/// connect timeout; NULLs leave them unset.
+#[test]
+fn envoy_columns_are_read() {
+    let pg = PgServer::shared();
+    let mut db = pg.owner(DB);
+    let vps = rows::vps(&mut db, "envoy-cols-vps", Some("active"));
+    let node = rows::node(&mut db, &vps, "n", "active");
+    rows::route(
+        &mut db,
+        &node,
+        "set",
+        1,
+        Some("hk01.example.com"),
+        Some(443),
+        "active",
+    );
+    rows::route(
+        &mut db,
+        &node,
+        "unset",
+        2,
+        Some("127.0.10.1"),
+        Some(1),
+        "active",
+    );
+    db.execute(
+        "UPDATE envoy_nodes SET admin_port = 9901 WHERE node_id = 'n' AND vps_id = \
+         (SELECT id FROM vps WHERE hostname = 'envoy-cols-vps')",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE envoy_routes SET cluster_type = 'strict_dns', connect_timeout_secs = 2 \
+         WHERE name = 'set' AND backend_host = 'hk01.example.com'",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE envoy_routes SET cluster_type = NULL, connect_timeout_secs = NULL \
+         WHERE name = 'unset' AND backend_host = '127.0.10.1'",
+        &[],
+    )
+    .unwrap();
+    let mut src = source(&pg.agent_url(DB), "envoy-cols-vps");
+    let Fetch::Routes(routes) = src.fetch(Instant::now()) else {
+        panic!("no routes")
+    };
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].admin_port, Some(9901));
+    assert_eq!(routes[0].cluster_type, ClusterType::StrictDns);
+    assert_eq!(routes[0].connect_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        routes[1].admin_port,
+        Some(9901),
+        "a node's port, for each of its routes"
+    );
+    assert_eq!(routes[1].connect_timeout, None);
+    assert_eq!(routes[1].cluster_type, ClusterType::Unspecified);
 }
