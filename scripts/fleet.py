@@ -1036,7 +1036,7 @@ pidfile = {self.pgb_dir}/pgbouncer.pid
             "postgres_restart": {"down_s": rnd(pg_back - pg_stop, 2), **rec_pg, **storm_pg},
             "pgbouncer_restart": {"down_s": rnd(pgb_back - pgb_stop, 2), **rec_pgb, **storm_pgb},
             "scrape_latency_sample": {"agents": self.lat_sample, **scrape_fig},
-            "fleet_scrape_ms_steady": {"p50": rnd(pct(fleet_scrape, 0.5)),
+            "sampler_scrape_ms_steady_harness_loaded": {"p50": rnd(pct(fleet_scrape, 0.5)),
                                        "p99": rnd(pct(fleet_scrape, 0.99))},
             "agents_memory": {"rss_total_mib": rnd(sum(m[0] for m in mem) / 1024, 1),
                               "rss_per_agent_mib": rnd(sum(m[0] for m in mem) / 1024 / len(mem)

@@ -62,6 +62,7 @@ impl Signals {
             // SAFETY: signalfd_siginfo is plain data; read writes at most its size into it.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: `info` is a valid, writable buffer of exactly `size` bytes.
             let n = unsafe {
                 libc::read(
                     self.fd.as_raw_fd(),

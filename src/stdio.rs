@@ -52,6 +52,7 @@ impl StdFd {
     fn new(inherited: RawFd, write: bool) -> io::Result<StdFd> {
         // SAFETY: fstat only writes into the zeroed struct we pass.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable `stat`; a bad fd makes fstat fail with EBADF.
         cvt(unsafe { libc::fstat(inherited, &mut st) })?;
         let kind = st.st_mode & libc::S_IFMT;
         let plain = StdFd {
@@ -74,8 +75,10 @@ impl StdFd {
                 });
             }
         }
+        // SAFETY: F_GETFL takes no pointer; a bad fd makes it fail with EBADF.
         let flags = cvt(unsafe { libc::fcntl(inherited, libc::F_GETFL) })?;
         if flags & libc::O_NONBLOCK == 0 {
+            // SAFETY: F_SETFL takes an int, no pointer; Drop restores the flag we add here.
             cvt(unsafe { libc::fcntl(inherited, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
         }
         Ok(StdFd {
@@ -126,8 +129,10 @@ impl Drop for StdFd {
             }
             Mode::Borrowed if !self.was_nonblocking => {
                 // Clear only our bit, keeping any other flag changed since.
+                // SAFETY: F_GETFL takes no pointer; a bad fd makes it fail with EBADF.
                 let flags = unsafe { libc::fcntl(self.fd, libc::F_GETFL) };
                 if flags >= 0 {
+                    // SAFETY: F_SETFL takes an int, no pointer; it clears only our O_NONBLOCK.
                     unsafe { libc::fcntl(self.fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
                 }
             }
@@ -280,6 +285,7 @@ mod tests {
     use std::time::Duration;
 
     fn flags(fd: RawFd) -> libc::c_int {
+        // SAFETY: F_GETFL takes no pointer; a closed fd makes it fail (checked below).
         let f = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         assert!(f >= 0, "fd {fd} is closed");
         f
@@ -287,15 +293,18 @@ mod tests {
 
     fn pipe() -> (RawFd, RawFd) {
         let mut fds = [0; 2];
+        // SAFETY: `fds` is a writable array of the two ints pipe(2) fills.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         (fds[0], fds[1])
     }
 
     fn close(fd: RawFd) {
+        // SAFETY: the test closes a pipe end it created and uses no more.
         unsafe { libc::close(fd) };
     }
 
     fn write_all(fd: RawFd, data: &[u8]) {
+        // SAFETY: `data` is valid for `data.len()` bytes of reading.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
         assert_eq!(n, data.len() as isize);
     }
@@ -373,6 +382,7 @@ mod tests {
             assert_eq!(flags(w), before);
             // Drain some; a WRITABLE event follows.
             let mut buf = vec![0u8; 1 << 16];
+            // SAFETY: `buf` is valid for `buf.len()` bytes of writing.
             let _ = unsafe { libc::read(r, buf.as_mut_ptr().cast(), buf.len()) };
             assert!(wait_for(&mut poll, Token(1)));
             assert!(stdout.write(b"more\n").unwrap() > 0);

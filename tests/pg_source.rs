@@ -367,6 +367,7 @@ struct Resume(i32);
 
 impl Drop for Resume {
     fn drop(&mut self) {
+        // SAFETY: kill(2) takes no pointer; the pid is the test's own server process.
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
@@ -401,6 +402,7 @@ fn stalled_backend_blocks_at_most_query_timeout() {
         .unwrap()
         .get(0);
     let resume = Resume(pid);
+    // SAFETY: kill(2) takes no pointer; the pid is the test's own server process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let started = Instant::now();
     let e = failed(src.fetch(started));

@@ -2,7 +2,7 @@
 //! same port). Each name gets a [`Behavior`] and a TTL; unknown names get
 //! NXDOMAIN. It counts the queries it receives.
 //!
-//! Written independently of `src/dns.rs` so that it checks the resolver
+//! Written independently of `src/dns/` (`wire.rs`) so that it checks the resolver
 //! rather than mirroring it.
 
 use std::collections::HashMap;

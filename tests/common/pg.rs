@@ -306,6 +306,7 @@ impl Drop for PgBouncer {
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
         {
+            // SAFETY: kill(2) takes no pointer; the pid is the PgBouncer this fixture started.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let _ = self.child.kill();
@@ -324,6 +325,7 @@ pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 

@@ -115,6 +115,7 @@ impl TlsServer {
         let pg = PgServer::start();
         let pki = Pki::make(&pg.dir.join("tls"));
         // The server refuses a key readable by others, and must be able to read it as itself.
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let is_root = unsafe { libc::geteuid() == 0 };
         if is_root {
             let ok = Command::new("chown")
