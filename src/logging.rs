@@ -162,9 +162,11 @@ impl Stderr {
 /// Chooses how to write stderr without blocking (see the module docs).
 fn mode() -> Mode {
     use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: fstat fills the zeroed struct; stat is plain data.
+    // SAFETY: stat is plain data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(STDERR, &mut st) } != 0 {
+    // SAFETY: fstat writes into the struct it is given, which lives across the call.
+    let failed = unsafe { libc::fstat(STDERR, &mut st) } != 0;
+    if failed {
         return Mode::PollFirst;
     }
     match st.st_mode & libc::S_IFMT {
@@ -195,11 +197,9 @@ mod tests {
         use std::io::Read;
         use std::os::fd::{FromRawFd, OwnedFd};
         let mut fds = [0; 2];
-        // SAFETY: a two-element array for pipe2.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-            0
-        );
+        // SAFETY: pipe2 writes two descriptors into the two-element array.
+        let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) };
+        assert_eq!(made, 0);
         // SAFETY: both descriptors were just created and are owned here.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let mut out = Stderr {
