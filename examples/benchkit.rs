@@ -16,7 +16,14 @@
 //! With a database (see `PgSettings`), each round also runs the agent with the PostgreSQL
 //! source (`--database-url`, routes read each cycle) right after the file-source agent, over
 //! the same targets (inserted as one vps, one node and N routes) and the same window, then
-//! scrapes it once per cycle for `sigma_route_fetch_duration_seconds`.
+//! scrapes it once per cycle for `sigma_route_fetch_duration_seconds`. After the rounds, the
+//! database faults: for each of (a) a silent server (a relay here that stops answering),
+//! (b) the agent's backend and the postmaster SIGSTOPped, (c) `envoy_routes` locked
+//! (ACCESS EXCLUSIVE, by the admin connection), (d) the database host's name server silent
+//! (a name server here on loopback UDP, `--dns-server`), a fresh agent reads its routes, the
+//! fault starts, /metrics and /healthz are scraped every 20 ms for 10 s (p50, p99, max), the
+//! probe cycles and probes in that window are counted, and after the fault is lifted the time
+//! to read the database again is measured (about 1 minute in all).
 //!
 //! CPU per probe = (utime + stime from `/proc/PID/stat`, all threads) ÷ connections the farm
 //! accepted in the window: every target accepts, so every probe is a reachable one, counted
@@ -32,7 +39,12 @@
 //! `BENCH_DATABASE_URL` and `BENCH_DATABASE_ADMIN_URL` (the PostgreSQL source, see
 //! `PgSettings`; `scripts/bench.sh` sets them for its throwaway cluster), `BENCH_PG_HOSTNAME`,
 //! `BENCH_PG_ORIGIN`, `BENCH_PG_SKIP` (why there is no database),
-//! `BENCH_STRICT=1` (exit 1 when a target is missed; by default a miss is reported, not fatal).
+//! `BENCH_PG_FAULTS` (0 skips the database faults; they run by default only on the script's
+//! throwaway cluster, `BENCH_PG_THROWAWAY=1`; 1 runs them on any database given: they SIGSTOP
+//! its postmaster and lock `envoy_routes`), `BENCH_BASELINE_AGENT` (another agent
+//! binary, e.g. an older build, run in the same rounds with both sources and reported next to
+//! the agent), `BENCH_STRICT=1` (exit 1 when a target is missed; by default a miss is reported,
+//! not fatal).
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -250,6 +262,20 @@ struct Footprint {
     rss_file_kib: u64,
     threads: u64,
     fds: u64,
+    /// epoll instances: fds that are `anon_inode:[eventpoll]` (the design: exactly one).
+    epolls: u64,
+}
+
+/// The fds of `pid` that are epoll instances.
+fn count_epolls(pid: u32) -> u64 {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .count() as u64
 }
 
 fn footprint(pid: u32) -> Footprint {
@@ -260,6 +286,7 @@ fn footprint(pid: u32) -> Footprint {
         rss_file_kib: status_kib(pid, "RssFile:").unwrap_or(0),
         threads: count_entries(&format!("/proc/{pid}/task")).unwrap_or(0),
         fds: count_entries(&format!("/proc/{pid}/fd")).unwrap_or(0),
+        epolls: count_epolls(pid),
     }
 }
 
@@ -632,6 +659,9 @@ struct Settings {
     window: Duration,
     rounds: usize,
     blackbox: Option<PathBuf>,
+    /// Another agent binary (e.g. an older build) measured in the same rounds, file and
+    /// database source, next to the agent (`BENCH_BASELINE_AGENT`).
+    baseline: Option<PathBuf>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -818,10 +848,20 @@ struct PgRound {
 }
 
 fn pg_agent_command(agent: &Path, pg: &PgSettings, interval: &str, port: u16) -> Command {
+    pg_agent_command_url(agent, &pg.agent_url, &pg.hostname, interval, port)
+}
+
+fn pg_agent_command_url(
+    agent: &Path,
+    url: &str,
+    hostname: &str,
+    interval: &str,
+    port: u16,
+) -> Command {
     let mut cmd = Command::new(agent);
     cmd.args(["--health-probe", "--health-probe-interval", interval])
-        .args(["--database-url", &pg.agent_url])
-        .args(["--hostname", &pg.hostname])
+        .args(["--database-url", url])
+        .args(["--hostname", hostname])
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .env_remove("PGPASSWORD")
         .env("RUST_LOG", "info");
@@ -830,11 +870,11 @@ fn pg_agent_command(agent: &Path, pg: &PgSettings, interval: &str, port: u16) ->
 
 /// The agent with `--database-url` over the farm: one CPU window (probing only, as the file
 /// source's), then [`PG_SCRAPE_PHASE`] of scrapes once per cycle for the fetch duration.
-fn pg_round(s: &Settings, pg: &PgSettings, farm: &Farm) -> Result<PgRound, String> {
+fn pg_round(s: &Settings, agent: &Path, pg: &PgSettings, farm: &Farm) -> Result<PgRound, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let log = s.work.join("agent-pg.log");
-    let mut child = Running(spawn(&mut pg_agent_command(&s.agent, pg, "1", port), &log)?);
+    let mut child = Running(spawn(&mut pg_agent_command(agent, pg, "1", port), &log)?);
     let window = measure(
         farm,
         child.pid(),
@@ -916,6 +956,7 @@ fn pg_report(
 ) -> (Value, Vec<(String, String, Option<bool>)>) {
     let rss_name = format!("peak RSS, {} routes, PostgreSQL source ≤ 4 MiB", s.routes);
     let threads_name = "threads with the PostgreSQL source: 1".to_owned();
+    let epolls_name = "epoll instances with the PostgreSQL source: 1".to_owned();
     let (origin, rounds, error, extra) = match pg {
         PgOutcome::Skipped(why) => {
             println!();
@@ -925,6 +966,7 @@ fn pg_report(
                 vec![
                     (rss_name, format!("not measured: {why}"), None),
                     (threads_name, "not measured".into(), None),
+                    (epolls_name, "not measured".into(), None),
                 ],
             );
         }
@@ -960,6 +1002,10 @@ fn pg_report(
     let threads = rounds
         .iter()
         .flat_map(|r| [r.window.foot.threads, r.scraped.threads])
+        .max();
+    let epolls = rounds
+        .iter()
+        .flat_map(|r| [r.window.foot.epolls, r.scraped.epolls])
         .max();
     let (f, p) = (prober_json(file), prober_json(&windows));
     let (cpu_ratio, cpu_ratio_runs) = ratios(&windows, file);
@@ -1044,6 +1090,12 @@ fn pg_report(
         );
         println!(
             "{:<34} {:>10} {:>12}",
+            "epoll instances",
+            int(&f, "epoll_instances"),
+            int(&p, "epoll_instances")
+        );
+        println!(
+            "{:<34} {:>10} {:>12}",
             "route fetch (ms), median / max",
             "",
             format!("{fetch_med:.2} / {fetch_max:.2}")
@@ -1083,6 +1135,11 @@ fn pg_report(
             threads.map_or("not measured".into(), |t| t.to_string()),
             Some(measured && threads == Some(1)),
         ),
+        (
+            epolls_name,
+            epolls.map_or("not measured".into(), |t| t.to_string()),
+            Some(measured && epolls == Some(1)),
+        ),
     ];
     let mut out = json!({
         "status": if measured { "measured" } else { "failed" },
@@ -1095,6 +1152,7 @@ fn pg_report(
         "agent_over_file_peak_rss": peak / num(&f, "peak_rss_kib"),
         "peak_rss_scraped_kib_max": scraped_peak,
         "threads": threads,
+        "epoll_instances": epolls,
         "route_fetch_duration_ms": {
             "median": fetch_med,
             "max": fetch_max,
@@ -1106,6 +1164,836 @@ fn pg_report(
     if let (Value::Object(o), Value::Object(e)) = (&mut out, extra) {
         o.extend(e);
     }
+    (out, targets)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database faults: the agent with the PostgreSQL source while its database misbehaves. Each
+// fault gets a fresh agent (1 s cycle, the same N routes); once it has read its routes, the
+// fault starts and /metrics and /healthz are scraped every FAULT_SCRAPE_GAP for FAULT_WINDOW,
+// then the fault is lifted and the agent gets FAULT_RECOVERY_WAIT to read its database again.
+
+/// Length of each fault's window, scraped throughout.
+const FAULT_WINDOW: Duration = Duration::from_secs(10);
+/// Gap between scrape ticks in a fault window (a tick: GET /metrics, then GET /healthz, each
+/// over its own keep-alive connection).
+const FAULT_SCRAPE_GAP: Duration = Duration::from_millis(20);
+/// After a fault is lifted, how long the agent gets to read its database again: its backoff
+/// cap (1 s doubling per failure, full jitter) reaches 8 s after four failed attempts.
+/// (7 s keeps the whole section under 90 s even when every wait runs out.)
+const FAULT_RECOVERY_WAIT: Duration = Duration::from_secs(7);
+/// A scrape slower than this during a fault fails the target (the integration tests' bound,
+/// generous for a shared machine; a scrape normally takes about a millisecond).
+const FAULT_SCRAPE_BOUND_MS: f64 = 100.0;
+/// The database host name of the DNS fault: not in /etc/hosts, answered only by the bench's
+/// own name server on loopback (the agent gets `--dns-server`), for A queries, as 127.0.0.1.
+const FAULT_DB_NAME: &str = "db.sigma-bench.test";
+/// The agent caches an answer at least 5 s (`dns::MIN_TTL`): the connection is cut this long
+/// after the last answer, so that the reconnect has to ask the (by then silent) name server.
+const DNS_CACHE_WAIT: Duration = Duration::from_millis(5_500);
+/// `application_name` of the fault agents, to find their server processes.
+const FAULT_APP_NAME: &str = "sigma-bench-fault";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Nothing wrong: the same agent and scrapes, for the machine's own noise.
+    Reference,
+    /// Through a relay that goes silent: it accepts and reads, never answers.
+    Silent,
+    /// The agent's backend and the postmaster SIGSTOPped.
+    Stopped,
+    /// `LOCK TABLE envoy_routes IN ACCESS EXCLUSIVE MODE` held by the bench's admin connection.
+    Locked,
+    /// The database host is a name; its name server goes silent and the connection is cut.
+    DnsSilent,
+}
+
+impl Fault {
+    const ALL: [Fault; 5] = [
+        Fault::Reference,
+        Fault::Silent,
+        Fault::Stopped,
+        Fault::Locked,
+        Fault::DnsSilent,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Fault::Reference => "none",
+            Fault::Silent => "silent_server",
+            Fault::Stopped => "sigstop",
+            Fault::Locked => "table_lock",
+            Fault::DnsSilent => "dns_silent",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Fault::Reference => "no fault (reference)",
+            Fault::Silent => "(a) silent server",
+            Fault::Stopped => "(b) database SIGSTOPped",
+            Fault::Locked => "(c) table lock",
+            Fault::DnsSilent => "(d) DNS silent",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Fault::Reference => "no fault: the same agent, database and scrapes, for the machine's own noise",
+            Fault::Silent => "the agent reads through a loopback relay that goes silent (accepts, reads, never answers; a reconnect is accepted and never answered)",
+            Fault::Stopped => "SIGSTOP to the agent's backend (pg_stat_activity, application_name) and to the postmaster (a reconnect is queued by the kernel, never answered)",
+            Fault::Locked => "LOCK TABLE envoy_routes IN ACCESS EXCLUSIVE MODE held by the bench's admin connection (the agent's SET LOCAL statement_timeout ends each read)",
+            Fault::DnsSilent => "database host given as a name, resolved by the bench's name server on loopback (--dns-server), which goes silent; the connection is then cut so the agent must resolve again",
+        }
+    }
+}
+
+/// Each fault's run (or why it could not run), and the seconds the section took.
+type Faults = (Vec<(Fault, Result<FaultRun, String>)>, f64);
+
+/// One fault's figures.
+#[derive(Default)]
+struct FaultRun {
+    /// Every scrape of the window (both endpoints), in ms, sorted.
+    scrapes_ms: Vec<f64>,
+    metrics_max_ms: f64,
+    healthz_max_ms: f64,
+    /// Requests that failed (connection error or non-200); the client reconnects.
+    failed: usize,
+    /// `sigma_probe_cycles_total` at the start and the end of the window.
+    cycles: (f64, f64),
+    /// Connections the farm accepted during the window: the agent's probes, plus whatever
+    /// else on the machine connected to those ports (hence not in the table).
+    probes: u64,
+    /// Longest time in the window without a probe cycle ending, as seen by the scrapes (s).
+    cycle_gap_s: f64,
+    /// The agent saw the fault: `sigma_route_source_up` read 0 during the window.
+    source_down_seen: bool,
+    /// `sigma_route_source_errors_total` increase over the window.
+    source_errors: f64,
+    /// `sigma_routes` stayed N throughout (the known routes were kept).
+    routes_kept: bool,
+    /// Seconds from lifting the fault to `sigma_route_source_up` 1 again (None: not within
+    /// FAULT_RECOVERY_WAIT).
+    recovered_s: Option<f64>,
+    /// What the fault did (pids stopped, name-server queries left unanswered, ...).
+    detail: String,
+}
+
+impl FaultRun {
+    fn p(&self, q: f64) -> f64 {
+        percentile(&self.scrapes_ms, q)
+    }
+    fn max(&self) -> f64 {
+        self.scrapes_ms.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// A TCP relay on loopback between an agent and the database that the bench can make silent
+/// or cut. One thread accepts; each relayed connection has a thread per direction.
+struct Relay {
+    port: u16,
+    silent: Arc<AtomicBool>,
+    /// Bumped to close every connection opened before (a cut).
+    generation: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(upstream: SocketAddr) -> io::Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let silent = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (quiet, gen, halt) = (silent.clone(), generation.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + HELPER_LIFETIME;
+            // Connections accepted while silent: held open, never read, never answered.
+            let mut held: Vec<(u64, TcpStream)> = Vec::new();
+            let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+            while !halt.load(Ordering::Relaxed) && Instant::now() < until {
+                let now_gen = gen.load(Ordering::Relaxed);
+                held.retain(|(g, _)| *g == now_gen);
+                match listener.accept() {
+                    Ok((agent, _)) if quiet.load(Ordering::Relaxed) => held.push((now_gen, agent)),
+                    Ok((agent, _)) => {
+                        let Ok(db) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2))
+                        else {
+                            continue; // dropping `agent` closes it: the agent sees a failure
+                        };
+                        for (from, to) in [(&agent, &db), (&db, &agent)] {
+                            let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+                                continue;
+                            };
+                            let (quiet, gen, halt) = (quiet.clone(), gen.clone(), halt.clone());
+                            pumps.push(std::thread::spawn(move || {
+                                relay_pump(from, to, &quiet, &gen, now_gen, &halt)
+                            }));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+                pumps.retain(|p| !p.is_finished());
+            }
+            halt.store(true, Ordering::Relaxed);
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        Ok(Relay {
+            port,
+            silent,
+            generation,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Silent: bytes from either side are read and dropped; new connections are held.
+    fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Relaxed);
+        if !silent {
+            // What was silenced is out of step with the protocol: close it.
+            self.cut();
+        }
+    }
+
+    /// Closes every connection open now (relayed or held).
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One direction of a relayed connection, until either side closes, a cut or the stop.
+fn relay_pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    silent: &AtomicBool,
+    generation: &AtomicU64,
+    born: u64,
+    stop: &AtomicBool,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    if from
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .is_ok()
+    {
+        while !stop.load(Ordering::Relaxed) && generation.load(Ordering::Relaxed) == born {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) if silent.load(Ordering::Relaxed) => {} // read, dropped, never answered
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// A name server on loopback UDP for [`FAULT_DB_NAME`] (A: 127.0.0.1, TTL 1; AAAA: no data;
+/// any other name: NXDOMAIN) that the bench can make silent: it then reads queries and never
+/// answers.
+struct NameServer {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+    queries: Arc<AtomicU64>,
+    unanswered: Arc<AtomicU64>,
+    last_answer: Arc<std::sync::Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NameServer {
+    fn start() -> io::Result<NameServer> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let addr = socket.local_addr()?;
+        let silent = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicU64::new(0));
+        let unanswered = Arc::new(AtomicU64::new(0));
+        let last_answer = Arc::new(std::sync::Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (quiet, asked, ignored, last, halt) = (
+            silent.clone(),
+            queries.clone(),
+            unanswered.clone(),
+            last_answer.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + HELPER_LIFETIME;
+            let mut buf = [0u8; 512];
+            while !halt.load(Ordering::Relaxed) && Instant::now() < until {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                asked.fetch_add(1, Ordering::Relaxed);
+                if quiet.load(Ordering::Relaxed) {
+                    ignored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(answer) = dns_answer(&buf[..n]) {
+                    if socket.send_to(&answer, from).is_ok() {
+                        if let Ok(mut l) = last.lock() {
+                            *l = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+        });
+        Ok(NameServer {
+            addr,
+            silent,
+            queries,
+            unanswered,
+            last_answer,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Relaxed);
+    }
+
+    fn last_answer(&self) -> Option<Instant> {
+        self.last_answer.lock().ok().and_then(|l| *l)
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to a DNS query (RFC 1035 §4.1): for [`FAULT_DB_NAME`] an A record 127.0.0.1 or
+/// no data; NXDOMAIN for any other name. None for what is not a one-question query.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let mut name = String::new();
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        let label = query.get(at..at + len)?;
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let question = query.get(12..at + 4)?;
+    let ours = name == FAULT_DB_NAME;
+    let answer_a = ours && qtype == 1;
+    let mut out = Vec::with_capacity(question.len() + 28);
+    out.extend_from_slice(&query[0..2]);
+    // QR, AA, RD copied; RA; RCODE 0 or 3 (NXDOMAIN).
+    out.push(0x84 | (query[2] & 0x01));
+    out.push(if ours { 0x80 } else { 0x83 });
+    out.extend_from_slice(&[0, 1, 0, u8::from(answer_a), 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if answer_a {
+        // Name: a pointer to the question's; type A, class IN, TTL 1, 4 bytes.
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(out)
+}
+
+/// The agent's URL with another host and port and [`FAULT_APP_NAME`] as `application_name`
+/// (URL form only: `postgres[ql]://[userinfo@]host[:port][/db][?params]`). Errors never echo
+/// the URL (it holds a password).
+fn fault_url(url: &str, host: &str, port: u16) -> Result<String, String> {
+    let scheme_end = url
+        .find("://")
+        .filter(|_| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        .ok_or("the database faults need BENCH_DATABASE_URL in URL form (postgres://...)")?
+        + 3;
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |i| i + 1);
+    let mut out = String::with_capacity(url.len() + 48);
+    out.push_str(&url[..scheme_end + host_start]);
+    out.push_str(&format!("{host}:{port}"));
+    out.push_str(&rest[authority_end..]);
+    out.push(if rest.contains('?') { '&' } else { '?' });
+    out.push_str("application_name=");
+    out.push_str(FAULT_APP_NAME);
+    Ok(out)
+}
+
+/// SIGSTOPped processes, continued again when dropped (also on an early return).
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(pids: &[i32]) -> Result<Stopped, String> {
+        let mut stopped = Stopped(Vec::new());
+        for &pid in pids {
+            // SAFETY: kill(2) on a PostgreSQL server process of the bench's database.
+            if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+                return Err(format!(
+                    "cannot SIGSTOP database process {pid}: {} (run the bench as root or as the server's OS user)",
+                    io::Error::last_os_error()
+                ));
+            }
+            stopped.0.push(pid);
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above; continues what `stop` stopped.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// The parent of `pid` if it is a PostgreSQL server process too (the postmaster).
+fn postmaster_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: i32 = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let comm = fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    (comm.trim() == "postgres" || comm.trim() == "postmaster").then_some(ppid)
+}
+
+/// Scrapes `/metrics` until `done` holds for its body, or `timeout`; the time it took.
+fn metrics_until(
+    client: &mut Client,
+    timeout: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Duration>, String> {
+    let t0 = Instant::now();
+    loop {
+        let (status, body) = client.get("/metrics").map_err(|e| format!("scrape: {e}"))?;
+        if status == 200 && done(body) {
+            return Ok(Some(t0.elapsed()));
+        }
+        if t0.elapsed() > timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fault section: each fault in turn, each with its own agent. Stops at a setup error
+/// (the runs done so far are kept).
+fn pg_faults(s: &Settings, pg: &PgSettings, rows: &mut PgRows, farm: &Farm) -> Faults {
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let setup = (|| -> Result<(Relay, NameServer, u16), String> {
+        let config: postgres::Config = pg
+            .agent_url
+            .parse()
+            .map_err(|_| "BENCH_DATABASE_URL does not parse")?;
+        let (Some(postgres::config::Host::Tcp(host)), Some(&port)) =
+            (config.get_hosts().first(), config.get_ports().first())
+        else {
+            return Err("the database faults need a TCP database host".into());
+        };
+        let ip: std::net::IpAddr = host
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| "the database faults need an IP address as database host")?;
+        if !ip.is_loopback() {
+            return Err("the database host is not a loopback address".into());
+        }
+        let relay = Relay::start(SocketAddr::new(ip, port)).map_err(|e| format!("relay: {e}"))?;
+        let ns = NameServer::start().map_err(|e| format!("name server: {e}"))?;
+        Ok((relay, ns, port))
+    })();
+    let (relay, ns, port) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            for f in Fault::ALL {
+                out.push((f, Err(e.clone())));
+            }
+            return (out, t0.elapsed().as_secs_f64());
+        }
+    };
+    for fault in Fault::ALL {
+        let run = fault_run(s, pg, rows, farm, fault, &relay, &ns, port);
+        match &run {
+            Ok(r) => println!(
+                "fault {:<24} scrapes p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} cycles in {:?} (longest gap {:.2} s); {}",
+                fault.label(),
+                r.p(50.0),
+                r.p(99.0),
+                r.max(),
+                r.cycles.1 - r.cycles.0,
+                FAULT_WINDOW,
+                r.cycle_gap_s,
+                r.recovered_s.map_or(format!("not recovered within {FAULT_RECOVERY_WAIT:?}"), |t| format!("recovered after {t:.2} s"))
+            ),
+            Err(e) => println!("fault {:<24} failed: {e}", fault.label()),
+        }
+        out.push((fault, run));
+    }
+    (out, t0.elapsed().as_secs_f64())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fault_run(
+    s: &Settings,
+    pg: &PgSettings,
+    rows: &mut PgRows,
+    farm: &Farm,
+    fault: Fault,
+    relay: &Relay,
+    ns: &NameServer,
+    db_port: u16,
+) -> Result<FaultRun, String> {
+    let n = farm.ports.len() as f64;
+    let url = match fault {
+        Fault::Silent => fault_url(&pg.agent_url, "127.0.0.1", relay.port)?,
+        Fault::DnsSilent => fault_url(&pg.agent_url, FAULT_DB_NAME, relay.port)?,
+        Fault::Reference | Fault::Stopped | Fault::Locked => {
+            fault_url(&pg.agent_url, "127.0.0.1", db_port)?
+        }
+    };
+    relay.set_silent(false);
+    ns.set_silent(false);
+    let port = free_port().map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = s.work.join(format!("agent-fault-{}.log", fault.key()));
+    let mut cmd = pg_agent_command_url(&s.agent, &url, &pg.hostname, "1", port);
+    // Every fault agent gets the bench's name server: no name it resolves leaves loopback.
+    cmd.args(["--dns-server", &ns.addr.to_string()]);
+    let mut child = Running(spawn(&mut cmd, &log)?);
+    let see_log = |e: String| format!("{e} (see {})", log.display());
+    let mut metrics = wait_http_ok(addr, "/healthz", READY_TIMEOUT).map_err(see_log)?;
+    let mut health = Client::connect(addr).map_err(|e| e.to_string())?;
+    let ready = metrics_until(&mut metrics, READY_TIMEOUT, |b| {
+        sample(b, "sigma_route_source_up") == Some(1.0)
+            && sample(b, "sigma_routes") == Some(n)
+            && sample(b, "sigma_probe_cycles_total").is_some_and(|c| c >= 1.0)
+    })?;
+    if ready.is_none() {
+        return Err(see_log(format!(
+            "the agent did not read its {n} routes within {READY_TIMEOUT:?}"
+        )));
+    }
+
+    // Arm the fault.
+    let mut run = FaultRun::default();
+    let mut stopped = None;
+    let mut lock = None;
+    match fault {
+        Fault::Reference | Fault::Silent => {}
+        Fault::Stopped => {
+            let pids: Vec<i32> = rows
+                .admin
+                .query(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                    &[&FAULT_APP_NAME],
+                )
+                .map_err(|e| format!("pg_stat_activity: {e}"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let Some(&backend) = pids.first() else {
+                return Err("the agent's backend is not in pg_stat_activity".into());
+            };
+            let postmaster = postmaster_of(backend)
+                .ok_or("cannot find the postmaster (parent of the agent's backend)")?;
+            run.detail = format!("stopped backend {pids:?} and postmaster {postmaster}");
+            let mut all = pids.clone();
+            all.push(postmaster);
+            stopped = Some(all);
+        }
+        Fault::Locked => {}
+        Fault::DnsSilent => {
+            ns.set_silent(true);
+            // The answer the agent holds must expire first (it has its connection meanwhile).
+            if let Some(last) = ns.last_answer() {
+                std::thread::sleep(
+                    (last + DNS_CACHE_WAIT).saturating_duration_since(Instant::now()),
+                );
+            }
+        }
+    }
+    let body = metrics
+        .get("/metrics")
+        .map_err(|e| format!("scrape: {e}"))?
+        .1;
+    let cycles0 = sample(body, "sigma_probe_cycles_total").unwrap_or(f64::NAN);
+    let errors0 = sample(body, "sigma_route_source_errors_total").unwrap_or(0.0);
+    let (probes0, unanswered0, queries0) = (
+        farm.accepted(),
+        ns.unanswered.load(Ordering::Relaxed),
+        ns.queries.load(Ordering::Relaxed),
+    );
+    // Start it.
+    let stopped = match stopped {
+        Some(pids) => Some(Stopped::stop(&pids)?),
+        None => None,
+    };
+    match fault {
+        Fault::Silent => relay.set_silent(true),
+        Fault::Locked => {
+            let mut tx = rows.admin.transaction().map_err(|e| e.to_string())?;
+            tx.batch_execute(
+                "SET LOCAL lock_timeout = '5s'; LOCK TABLE envoy_routes IN ACCESS EXCLUSIVE MODE",
+            )
+            .map_err(|e| format!("LOCK TABLE: {e}"))?;
+            lock = Some(tx);
+        }
+        Fault::DnsSilent => relay.cut(),
+        Fault::Reference | Fault::Stopped => {}
+    }
+
+    // The window: scrape both endpoints every FAULT_SCRAPE_GAP.
+    let start = Instant::now();
+    let mut next = start;
+    let mut cycles1 = cycles0;
+    let mut errors1 = errors0;
+    run.routes_kept = true;
+    let mut last_cycle_end = start;
+    while start.elapsed() < FAULT_WINDOW {
+        for (path, client) in [("/metrics", &mut metrics), ("/healthz", &mut health)] {
+            let t = Instant::now();
+            let got = client.get(path).map(|(status, body)| {
+                if path == "/metrics" && status == 200 {
+                    let get = |k: &str| sample(body, k);
+                    run.source_down_seen |= get("sigma_route_source_up") == Some(0.0);
+                    run.routes_kept &= get("sigma_routes") == Some(n);
+                    let cycles = get("sigma_probe_cycles_total").unwrap_or(cycles1);
+                    if cycles != cycles1 {
+                        run.cycle_gap_s = run.cycle_gap_s.max((t - last_cycle_end).as_secs_f64());
+                        last_cycle_end = t;
+                        cycles1 = cycles;
+                    }
+                    errors1 = get("sigma_route_source_errors_total").unwrap_or(errors1);
+                }
+                status
+            });
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            run.scrapes_ms.push(ms);
+            let max = if path == "/metrics" {
+                &mut run.metrics_max_ms
+            } else {
+                &mut run.healthz_max_ms
+            };
+            *max = max.max(ms);
+            if !matches!(got, Ok(200)) {
+                run.failed += 1;
+                if got.is_err() {
+                    *client = Client::connect(addr).map_err(|e| format!("reconnect: {e}"))?;
+                }
+            }
+        }
+        next += FAULT_SCRAPE_GAP;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    run.cycles = (cycles0, cycles1);
+    run.cycle_gap_s = run.cycle_gap_s.max(last_cycle_end.elapsed().as_secs_f64());
+    run.source_errors = errors1 - errors0;
+    run.probes = farm.accepted() - probes0;
+    if fault == Fault::DnsSilent {
+        run.detail = format!(
+            "the name server got {} queries in the window, left {} unanswered",
+            ns.queries.load(Ordering::Relaxed) - queries0,
+            ns.unanswered.load(Ordering::Relaxed) - unanswered0
+        );
+    }
+
+    // Lift it, and see the agent read its database again.
+    drop(stopped);
+    if let Some(tx) = lock.take() {
+        tx.rollback().map_err(|e| format!("ending the lock: {e}"))?;
+    }
+    relay.set_silent(false);
+    ns.set_silent(false);
+    run.recovered_s = metrics_until(&mut metrics, FAULT_RECOVERY_WAIT, |b| {
+        sample(b, "sigma_route_source_up") == Some(1.0) && sample(b, "sigma_routes") == Some(n)
+    })?
+    .map(|d| d.as_secs_f64());
+    if child.exited() {
+        return Err(see_log("the agent exited".into()));
+    }
+    run.scrapes_ms.sort_by(f64::total_cmp);
+    Ok(run)
+}
+
+/// The fault section of the report: a table, its JSON, and its targets.
+fn faults_report(
+    s: &Settings,
+    faults: &Option<Faults>,
+) -> (Value, Vec<(String, String, Option<bool>)>) {
+    let scrape_name = format!("scrapes during each database fault < {FAULT_SCRAPE_BOUND_MS:.0} ms");
+    let cycles_name = "probe cycles keep running during each database fault".to_owned();
+    let Some((runs, took_s)) = faults else {
+        return (
+            json!({"status": "skipped"}),
+            vec![
+                (scrape_name, "not measured (no database)".into(), None),
+                (cycles_name, "not measured (no database)".into(), None),
+            ],
+        );
+    };
+    let cycles_expected = FAULT_WINDOW.as_secs_f64() / INTERVAL.as_secs_f64();
+    println!();
+    println!(
+        "== PostgreSQL source under database faults: {} routes, {:?} cycle, /metrics and /healthz scraped every {:?} for {:?} per fault ({:.0} s in all) ==",
+        s.routes, INTERVAL, FAULT_SCRAPE_GAP, FAULT_WINDOW, took_s
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>10}",
+        "fault",
+        "scrapes",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "failed",
+        "cycles",
+        "max gap",
+        "source 0",
+        "recovered"
+    );
+    let mut json_runs = serde_json::Map::new();
+    let (mut all_fast, mut all_cycles) = (true, true);
+    let mut reference_cycles = f64::NAN;
+    let (mut worst, mut fewest, mut gap) = (0.0f64, f64::INFINITY, 0.0f64);
+    for (fault, run) in runs {
+        let r = match run {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{:<26} failed: {e}", fault.label());
+                json_runs.insert(
+                    fault.key().into(),
+                    json!({"error": e, "description": fault.description()}),
+                );
+                all_fast = false;
+                all_cycles = false;
+                continue;
+            }
+        };
+        let cycles = r.cycles.1 - r.cycles.0;
+        all_fast &= r.max() < FAULT_SCRAPE_BOUND_MS && r.failed == 0;
+        worst = worst.max(r.max());
+        if *fault == Fault::Reference {
+            reference_cycles = cycles;
+        } else {
+            all_cycles &= cycles >= 1.0;
+            fewest = fewest.min(cycles);
+            gap = gap.max(r.cycle_gap_s);
+        }
+        println!(
+            "{:<26} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7} {:>9} {:>9} {:>10}",
+            fault.label(),
+            r.scrapes_ms.len(),
+            r.p(50.0),
+            r.p(99.0),
+            r.max(),
+            r.failed,
+            cycles,
+            format!("{:.2} s", r.cycle_gap_s),
+            if r.source_down_seen { "yes" } else { "no" },
+            match (fault, r.recovered_s) {
+                (Fault::Reference, _) => "n/a".into(),
+                (_, Some(t)) => format!("{t:.2} s"),
+                (_, None) => "no".into(),
+            }
+        );
+        json_runs.insert(
+            fault.key().into(),
+            json!({
+                "description": fault.description(),
+                "detail": r.detail,
+                "scrapes": r.scrapes_ms.len(),
+                "scrape_ms": {"p50": r.p(50.0), "p99": r.p(99.0), "max": r.max(), "metrics_max": r.metrics_max_ms, "healthz_max": r.healthz_max_ms},
+                "failed_requests": r.failed,
+                "probe_cycles": cycles,
+                "probe_cycles_expected": cycles_expected,
+                "longest_gap_between_cycle_ends_s": r.cycle_gap_s,
+                "listener_connections": r.probes,
+                "listener_connections_note": "connections the N listeners accepted in the window: the agent's probes plus any other loopback traffic to those ports on the machine",
+                "routes_kept": r.routes_kept,
+                "source_up_0_seen": r.source_down_seen,
+                "source_errors": r.source_errors,
+                "recovered_s": r.recovered_s,
+                "recovery_wait_s": FAULT_RECOVERY_WAIT.as_secs_f64(),
+            }),
+        );
+    }
+    println!(
+        "(cycles: sigma_probe_cycles_total over the window, {cycles_expected:.0} without a fault; max gap: longest time without a cycle ending, seen by the scrapes; source 0: sigma_route_source_up read 0, the agent saw the fault; recovered: from lifting the fault to sigma_route_source_up 1, at most {FAULT_RECOVERY_WAIT:?}; details in target/bench.json)"
+    );
+    for (fault, run) in runs {
+        if let Ok(r) = run {
+            if !r.detail.is_empty() {
+                println!("  {}: {}", fault.label(), r.detail);
+            }
+        }
+    }
+    let out = json!({
+        "status": "measured",
+        "window_s": FAULT_WINDOW.as_secs_f64(),
+        "scrape_gap_ms": FAULT_SCRAPE_GAP.as_secs_f64() * 1e3,
+        "interval_s": INTERVAL.as_secs_f64(),
+        "routes": s.routes,
+        "section_s": took_s,
+        "faults": json_runs,
+    });
+    let targets = vec![
+        (
+            scrape_name,
+            format!("max {worst:.2} ms over {} faults", runs.len()),
+            Some(all_fast),
+        ),
+        (
+            cycles_name,
+            format!(
+                "fewest {fewest} cycles in {FAULT_WINDOW:?} ({reference_cycles} without a fault); longest gap {gap:.2} s at a {INTERVAL:?} interval"
+            ),
+            Some(all_cycles),
+        ),
+    ];
     (out, targets)
 }
 
@@ -1131,6 +2019,10 @@ fn run() -> Result<(), String> {
         window: Duration::from_secs_f64(env_or("BENCH_WINDOW", 8.0f64)),
         rounds: env_or("BENCH_ROUNDS", 5usize).max(1),
         blackbox: std::env::var("BENCH_BLACKBOX")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        baseline: std::env::var("BENCH_BASELINE_AGENT")
             .ok()
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
@@ -1160,6 +2052,7 @@ fn run() -> Result<(), String> {
     // The PostgreSQL source: the bench's rows in the database, then a run per round.
     let pg = PgSettings::from_env();
     let (mut pg_rows, mut pg_error, mut pg_w) = (None, None, Vec::new());
+    let mut base = Baseline::default();
     match &pg {
         Ok(settings) => match PgRows::insert(settings, &farm.ports) {
             Ok(rows) => {
@@ -1195,8 +2088,22 @@ fn run() -> Result<(), String> {
         );
         agent_w.push(a);
 
+        if let Some(bin) = &s.baseline {
+            let port = free_port().map_err(|e| e.to_string())?;
+            let cmd = &mut agent_command(bin, &routes_file, "1", port);
+            let child = Running(spawn(cmd, &s.work.join("baseline.log"))?);
+            let w = measure(&farm, child.pid(), s.window, "baseline agent", None)?;
+            println!(
+                "round {round}: baseline {:>7.2} µs/probe ({} probes), peak RSS {} KiB",
+                w.us_per_probe(),
+                w.probes,
+                w.foot.peak_rss_kib
+            );
+            base.file.push(w);
+        }
+
         if let (Ok(settings), Some(_), None) = (&pg, &pg_rows, &pg_error) {
-            match pg_round(&s, settings, &farm) {
+            match pg_round(&s, &s.agent, settings, &farm) {
                 Ok(r) => {
                     println!(
                         "round {round}: agent-pg {:>7.2} µs/probe ({} probes, {:.2} s CPU, {:.2} s of it user; route fetch {:.2?} ms)",
@@ -1211,6 +2118,23 @@ fn run() -> Result<(), String> {
                 Err(e) => {
                     println!("round {round}: agent-pg failed: {e}");
                     pg_error = Some(e);
+                }
+            }
+            if let (Some(bin), None) = (&s.baseline, &base.error) {
+                match pg_round(&s, bin, settings, &farm) {
+                    Ok(r) => {
+                        println!(
+                            "round {round}: baseline-pg {:>7.2} µs/probe ({} probes), peak RSS {} KiB",
+                            r.window.us_per_probe(),
+                            r.window.probes,
+                            r.window.foot.peak_rss_kib
+                        );
+                        base.pg.push(r.window);
+                    }
+                    Err(e) => {
+                        println!("round {round}: baseline-pg failed: {e}");
+                        base.error = Some(e);
+                    }
                 }
             }
         }
@@ -1254,6 +2178,27 @@ fn run() -> Result<(), String> {
         }
     }
 
+    // The database faults, each with its own agent, while the bench's rows are still there.
+    // They stop and lock the database: on the script's throwaway cluster, or when asked.
+    let faults_wanted = match std::env::var("BENCH_PG_FAULTS").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => std::env::var("BENCH_PG_THROWAWAY").as_deref() == Ok("1"),
+    };
+    if !faults_wanted && pg_rows.is_some() {
+        println!();
+        println!("== database faults: skipped (they SIGSTOP and lock the database: run on the throwaway cluster only, unless BENCH_PG_FAULTS=1) ==");
+    }
+    let faults = match (&pg, pg_rows.as_mut(), &pg_error) {
+        (Ok(settings), Some(rows), None) if faults_wanted => {
+            println!();
+            println!("== database faults (each: a fresh agent, {FAULT_WINDOW:?} scraped, then recovery) ==");
+            Some(pg_faults(&s, settings, rows, &farm))
+        }
+        _ => None,
+    };
+
+    let pg_windows: Vec<Window> = pg_w.iter().map(|r| r.window).collect();
     let pg_outcome = match (pg, pg_rows.take(), pg_error) {
         (Err(why), _, _) => PgOutcome::Skipped(why),
         (Ok(settings), _, Some(error)) => PgOutcome::Failed {
@@ -1283,6 +2228,8 @@ fn run() -> Result<(), String> {
         &starts,
         leak,
         &pg_outcome,
+        &faults,
+        (&base, &pg_windows),
     )
 }
 
@@ -1560,11 +2507,101 @@ fn prober_json(w: &[Window]) -> Value {
         "rss_file_kib": median(&w.iter().map(|x| x.foot.rss_file_kib as f64).collect::<Vec<_>>()),
         "threads": w.last().map(|x| x.foot.threads),
         "open_fds": w.last().map(|x| x.foot.fds),
+        "epoll_instances": w.iter().map(|x| x.foot.epolls).max(),
         "driver_cpu_us_per_probe": if w.iter().all(|x| x.driver_cpu_s == 0.0) {
             Value::Null
         } else {
             json!(median(&w.iter().map(|x| if x.probes == 0 { f64::NAN } else { x.driver_cpu_s * 1e6 / x.probes as f64 }).collect::<Vec<_>>()))
         },
+    })
+}
+
+/// The baseline agent's windows (`BENCH_BASELINE_AGENT`), same rounds as the agent's.
+#[derive(Default)]
+struct Baseline {
+    file: Vec<Window>,
+    pg: Vec<Window>,
+    error: Option<String>,
+}
+
+/// Agent vs baseline agent, file and database source, same rounds: a table and its JSON.
+fn baseline_report(s: &Settings, file: &[Window], pg: &[Window], base: &Baseline) -> Value {
+    let Some(bin) = &s.baseline else {
+        return Value::Null;
+    };
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).ok();
+    let (af, bf, ap, bp) = (
+        prober_json(file),
+        prober_json(&base.file),
+        prober_json(pg),
+        prober_json(&base.pg),
+    );
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "== baseline agent {} vs the agent: same rounds, same targets, median of {} rounds ==",
+        bin.display(),
+        base.file.len()
+    );
+    if let Some(e) = &base.error {
+        println!("baseline with the PostgreSQL source FAILED: {e}");
+    }
+    println!(
+        "{:<38} {:>10} {:>10} {:>10}",
+        "", "agent", "baseline", "ratio"
+    );
+    let row = |name: &str, a: f64, b: f64, scale: f64| {
+        println!(
+            "{:<38} {:>10.2} {:>10.2} {:>10.2}",
+            name,
+            a / scale,
+            b / scale,
+            a / b
+        );
+    };
+    for (what, a, b) in [("file source", &af, &bf), ("PostgreSQL source", &ap, &bp)] {
+        row(
+            &format!("peak RSS, {what} (MiB)"),
+            num(a, "peak_rss_kib"),
+            num(b, "peak_rss_kib"),
+            1024.0,
+        );
+        row(
+            "  RSS anonymous (MiB)",
+            num(a, "rss_anon_kib"),
+            num(b, "rss_anon_kib"),
+            1024.0,
+        );
+        row(
+            "  RSS file-backed (MiB)",
+            num(a, "rss_file_kib"),
+            num(b, "rss_file_kib"),
+            1024.0,
+        );
+        row(
+            &format!("CPU per probe, {what} (µs)"),
+            num(a, "cpu_us_per_probe"),
+            num(b, "cpu_us_per_probe"),
+            1.0,
+        );
+        for k in ["threads", "epoll_instances", "open_fds"] {
+            row(&format!("  {k}, {what}"), num(a, k), num(b, k), 1.0);
+        }
+    }
+    let (sa, sb) = (size(&s.agent), size(bin));
+    row(
+        "binary size (KiB)",
+        sa.map_or(f64::NAN, |x| x as f64),
+        sb.map_or(f64::NAN, |x| x as f64),
+        1024.0,
+    );
+    json!({
+        "binary": bin.display().to_string(),
+        "binary_bytes": sb,
+        "agent_binary_bytes": sa,
+        "file": {"agent": af, "baseline": bf},
+        "postgres": {"agent": ap, "baseline": bp},
+        "error": base.error,
     })
 }
 
@@ -1588,6 +2625,8 @@ fn report(
     starts: &[f64],
     leak: Leak,
     pg: &PgOutcome,
+    faults: &Option<Faults>,
+    (base, pg_windows): (&Baseline, &[Window]),
 ) -> Result<(), String> {
     let micro: Value = std::env::var("BENCH_MICRO_JSON")
         .ok()
@@ -1730,6 +2769,8 @@ fn report(
     );
 
     let (pg_json, pg_targets) = pg_report(s, agent, pg);
+    let (faults_json, faults_targets) = faults_report(s, faults);
+    let baseline_json = baseline_report(s, agent, pg_windows, base);
 
     // Targets.
     let render_1k_ms = micro["render_1000"]["median_ns"].as_f64().map(|n| n / 1e6);
@@ -1783,6 +2824,7 @@ fn report(
         ),
     ];
     targets.extend(pg_targets);
+    targets.extend(faults_targets);
     println!();
     println!("== targets ==");
     for (name, value, pass) in &targets {
@@ -1830,6 +2872,8 @@ fn report(
             "threads": agent_threads,
         },
         "postgres": pg_json,
+        "postgres_faults": faults_json,
+        "baseline": baseline_json,
         "targets": targets.iter().map(|(n, v, p)| json!({"target": n, "value": v, "pass": p})).collect::<Vec<_>>(),
     });
     let path = std::env::var("BENCH_JSON")

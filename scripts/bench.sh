@@ -10,10 +10,12 @@
 #      and in the same rounds the agent with the PostgreSQL source (routes read each cycle
 #      from a throwaway cluster this script starts, see below); then the agent alone: scrape
 #      latency while a probe is pending, exec -> first 200 on /healthz, RSS and fds after 100
-#      cycles vs after 10
+#      cycles vs after 10; then the agent with the PostgreSQL source under database faults
+#      (silent server, SIGSTOPped server, table lock, silent DNS for the database host name):
+#      scrape latency p50/p99/max and probe cycles during each 10-s fault, and the recovery
 #   3. a table with PASS/FAIL per target, and every figure as JSON in target/bench.json
 #
-# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~3.5-4 minutes
+# All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~4.5-5 minutes
 # (plus the first build). Not part of `make test`.
 #
 # The PostgreSQL source: like tests/common/pg.rs, initdb + pg_ctl from the newest
@@ -28,7 +30,10 @@
 # `postgresql` for the PostgreSQL-source figures (without them the rest still runs, and the
 # script says so).
 # Settings (environment): BENCH_ROUTES (1000), BENCH_WINDOW seconds per prober and round (8),
-# BENCH_ROUNDS (5), BENCH_STRICT=1 (exit 1 when a target is missed), PG_BIN (PostgreSQL
+# BENCH_ROUNDS (5), BENCH_STRICT=1 (exit 1 when a target is missed), BENCH_PG_FAULTS=0 (skip
+# the database faults; they run on the throwaway cluster only, =1 runs them on BENCH_DATABASE_URL's
+# database too: they SIGSTOP its postmaster and lock envoy_routes), BENCH_BASELINE_AGENT (another agent binary measured in the same rounds,
+# e.g. a build of an older commit, reported next to the agent), PG_BIN (PostgreSQL
 # server binaries), BENCH_DATABASE_URL + BENCH_DATABASE_ADMIN_URL to use an existing
 # database on loopback instead of a throwaway cluster (the agent's read-only URL, and a role
 # that may write the three tables: the bench's rows, vps hostname BENCH_PG_HOSTNAME
@@ -87,6 +92,14 @@ as_pg() {
 }
 pg_cleanup() {
     if [[ -n $PG_DIR ]]; then
+        # benchkit's SIGSTOP fault continues what it stopped; if it was killed meanwhile, do it
+        # here (the postmaster and its children: this cluster's processes only).
+        local pm
+        pm=$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)
+        if [[ $pm =~ ^[0-9]+$ ]]; then
+            kill -CONT "$pm" 2>/dev/null || true
+            pkill -CONT -P "$pm" 2>/dev/null || true
+        fi
         as_pg "$PG_BIN/pg_ctl" stop -w -t 30 -m immediate -D "$PG_DIR/data" >/dev/null 2>&1 || true
         rm -rf "$PG_DIR"
         echo "PostgreSQL: throwaway cluster stopped and removed"
@@ -159,6 +172,8 @@ pg_start() {
     export BENCH_DATABASE_URL="postgres://sigma_agent:$agent_pw@127.0.0.1:$port/sigma"
     export BENCH_DATABASE_ADMIN_URL="postgres://sigma_owner:$owner_pw@127.0.0.1:$port/sigma"
     export BENCH_PG_ORIGIN="a throwaway cluster on 127.0.0.1:$port"
+    # The database faults (SIGSTOP, LOCK TABLE) run on this cluster only, unless BENCH_PG_FAULTS=1.
+    export BENCH_PG_THROWAWAY=1
     echo "PostgreSQL: throwaway cluster ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$port in $PG_DIR"
 }
 

@@ -44,7 +44,11 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       above 3s it is clamped to 3s.
                                       env AGENT_HEALTH_PROBE_TIMEOUT, default 3s
     --routes-file PATH                Routes to probe, one per line:
-                                      NODE ROUTE LISTEN_PORT HOST:PORT   (# comments)
+                                      NODE ROUTE LISTEN_PORT HOST:PORT [KEY=VALUE...]
+                                      (# comments). Optional, how Envoy connects:
+                                      admin_port=9901 (Envoy's admin on 127.0.0.1, read
+                                      once per cycle beside the probes), cluster_type=
+                                      static|strict_dns|logical_dns, connect_timeout=2s.
                                       Re-read when it changes (once unmodified for 2s:
                                       write it aside and rename it) and on SIGHUP.
                                       env AGENT_ROUTES_FILE

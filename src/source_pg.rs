@@ -225,6 +225,8 @@ struct Conn {
 
 /// A fetch in progress.
 struct InProgress {
+    /// When it started, on the clock that measures its duration. (Decisions use the
+    /// caller's `now`; a fetch may also end within the call that starts it, on one `now`.)
     started: Instant,
     /// The connection was open before this fetch (a failure may just mean it went stale).
     reused: bool,
@@ -437,7 +439,7 @@ impl PgSource {
             self.drop_conn(registry);
         }
         self.fetch = Some(InProgress {
-            started: now,
+            started: Instant::now(),
             reused,
         });
         let step = if reused {
@@ -555,8 +557,10 @@ impl PgSource {
         now: Instant,
         registry: &Registry,
     ) -> Fetch {
-        let started = self.fetch.take().map_or(now, |f| f.started);
-        let took = now.saturating_duration_since(started);
+        let took = self
+            .fetch
+            .take()
+            .map_or(Duration::ZERO, |f| f.started.elapsed());
         self.last_duration = Some(took);
         self.worst_duration = Some(self.worst_duration.map_or(took, |w| w.max(took)));
         match result {

@@ -435,3 +435,65 @@ fn system_mode_reads_and_reloads_resolv_conf() {
     assert!(resolver.warnings().iter().any(|w| w.contains("line 3")));
     let _ = std::fs::remove_file(&resolv);
 }
+
+/// `start_all` (strict_dns routes): every address of the answer, from the network (through
+/// `Lookup::addresses`), from the cache and from the hosts file (IPv4 ones, as lookups prefer).
+#[test]
+fn start_all_gives_every_address_of_the_answer() {
+    let (server, _) = setup();
+    let three = vec![v4(127, 0, 0, 1), v4(127, 0, 0, 2), v4(127, 0, 0, 3)];
+    server.set(
+        "pool.test",
+        Behavior::Addrs {
+            v4: three.clone(),
+            v6: vec![],
+        },
+        60,
+    );
+    let hosts = temp_path("hosts-all");
+    std::fs::write(
+        &hosts,
+        "127.9.9.1 multi.host\n::1 multi.host\n127.9.9.2 multi.host\n",
+    )
+    .unwrap();
+    let mut config = ResolverConfig::with_server(server.addr());
+    config.hosts_path = hosts.clone();
+    let mut resolver = Resolver::new(config);
+    let want: Vec<IpAddr> = three.iter().copied().map(IpAddr::V4).collect();
+    // From the network: pending, then every address once it ends.
+    let (start, all) = resolver.start_all("pool.test", Instant::now());
+    assert!(all.is_empty());
+    let Start::Pending(mut lookup) = start else {
+        panic!("expected a network lookup");
+    };
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(8);
+    lookup.register(poll.registry(), Token(7)).unwrap();
+    let deadline = Instant::now() + CALLER_DEADLINE;
+    let result = loop {
+        assert!(Instant::now() < deadline, "no answer");
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Some(r) = lookup.on_ready(&mut resolver, poll.registry(), Instant::now()) {
+            break r;
+        }
+    };
+    assert_eq!(result, Ok(want[0]));
+    assert_eq!(lookup.addresses(), want.as_slice());
+    lookup.deregister(poll.registry());
+    // From the cache: at once, all three.
+    let (start, all) = resolver.start_all("pool.test", Instant::now());
+    assert!(matches!(start, Start::Done(Ok(ip)) if ip == want[0]));
+    assert_eq!(all, want);
+    // From the hosts file: the IPv4 addresses, in file order.
+    let (start, all) = resolver.start_all("multi.host", Instant::now());
+    assert!(matches!(start, Start::Done(Ok(_))));
+    assert_eq!(
+        all,
+        vec![IpAddr::V4(v4(127, 9, 9, 1)), IpAddr::V4(v4(127, 9, 9, 2))]
+    );
+    // A literal is its own one address.
+    let (_, all) = resolver.start_all("127.0.0.5", Instant::now());
+    assert_eq!(all, vec![IpAddr::V4(v4(127, 0, 0, 5))]);
+    let _ = std::fs::remove_file(&hosts);
+}

@@ -25,6 +25,10 @@ const SCRAPE_BOUND: Duration = Duration::from_millis(100);
 /// How long each fault lasts.
 const FAULT_WINDOW: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(15);
+/// Probe cycles (at a 1 s interval) that must run during the window: a cycle waits at most
+/// FETCH_WAIT (250 ms) for the database, so about 8 would; 6 leaves room for a loaded machine
+/// and still fails a design whose cycles wait out the database's 2 s bounds (3 to 5).
+const MIN_CYCLES: f64 = 6.0;
 
 /// The fault tests run one at a time: each measures answer times, which another test
 /// starting a PostgreSQL cluster beside it on a 2-core machine would disturb.
@@ -153,8 +157,7 @@ fn silent_database() {
         silent.local_addr().unwrap().port()
     );
     let mut agent = start(&url, "silent-vps", &[]);
-    // Each fetch waits at most CONNECT_TIMEOUT (2 s) and backs off: several cycles in 10 s.
-    hold_during_fault(&mut agent, "silent database", 3.0);
+    hold_during_fault(&mut agent, "silent database", MIN_CYCLES);
     let m = agent.metrics();
     assert_eq!(sample(&m, "sigma_route_source_up"), Some(0.0));
     assert_eq!(sample(&m, "sigma_vps_registered"), Some(0.0));
@@ -182,7 +185,7 @@ fn stopped_database() {
         // SAFETY: kill with pids of the test's own server processes.
         assert_eq!(unsafe { libc::kill(*pid, libc::SIGSTOP) }, 0);
     }
-    hold_during_fault(&mut agent, "stopped database", 2.0);
+    hold_during_fault(&mut agent, "stopped database", MIN_CYCLES);
     let m = agent.metrics();
     assert_eq!(sample(&m, "sigma_route_source_up"), Some(0.0));
     assert_eq!(
@@ -222,7 +225,7 @@ fn locked_table() {
     locker
         .batch_execute("LOCK TABLE envoy_routes IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    hold_during_fault(&mut agent, "locked table", 3.0);
+    hold_during_fault(&mut agent, "locked table", MIN_CYCLES);
     assert!(agent.log().contains("57014"), "{}", agent.log());
     locker.rollback().unwrap();
     agent.wait_metrics(Duration::from_secs(75), |m| {
@@ -239,7 +242,7 @@ fn silent_name_server_for_the_database_host() {
     let dns = silent.local_addr().unwrap().to_string();
     let url = "postgres://a:pw@db.sigma-test.invalid:5432/d";
     let mut agent = start(url, "dns-vps", &["--dns-server", &dns]);
-    hold_during_fault(&mut agent, "silent name server", 3.0);
+    hold_during_fault(&mut agent, "silent name server", MIN_CYCLES);
     assert!(
         agent.log().contains("'db.sigma-test.invalid'"),
         "{}",
