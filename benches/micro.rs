@@ -151,6 +151,7 @@ fn process_figures() -> ProcessStats {
         max_fds: Some(1024),
         virtual_bytes: Some(9_000_000),
         virtual_max_bytes: Some(u64::MAX),
+        log_lines_dropped: 0,
     }
 }
 

@@ -44,6 +44,8 @@ pub const SOURCE_ERRORS: &str = "sigma_route_source_errors_total";
 pub const FETCH_DURATION: &str = "sigma_route_fetch_duration_seconds";
 pub const VPS_REGISTERED: &str = "sigma_vps_registered";
 pub const PROBE_ENABLED: &str = "sigma_health_probe_enabled";
+pub const AGENT_RESOURCE_ERRORS: &str = "sigma_agent_resource_errors_total";
+pub const LOG_LINES_DROPPED: &str = "sigma_log_lines_dropped_total";
 pub const BUILD_INFO: &str = "sigma_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -84,12 +86,17 @@ pub struct ProcessStats {
     /// The address-space limit (`RLIMIT_AS`); unlimited is `u64::MAX`, as client_golang and
     /// node_exporter report it.
     pub virtual_max_bytes: Option<u64>,
+    /// Log lines dropped because stderr would have blocked (`logging::dropped`).
+    pub log_lines_dropped: u64,
 }
 
 impl ProcessStats {
     /// Reads `/proc/self/{stat,fd,limits}`. Never fails: what can't be read is `None`.
     pub fn read() -> ProcessStats {
-        let mut stats = ProcessStats::default();
+        let mut stats = ProcessStats {
+            log_lines_dropped: crate::logging::dropped(),
+            ..ProcessStats::default()
+        };
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             let (cpu_ticks, rss_pages, vsize) = parse_stat(&stat);
             stats.virtual_bytes = vsize;
@@ -310,6 +317,23 @@ pub fn render_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
     );
     family(
         out,
+        AGENT_RESOURCE_ERRORS,
+        "counter",
+        "Failures of the agent itself, not of a backend: connections it could not accept and probes it could not run for lack of file descriptors, buffers or memory.",
+    );
+    for (op, n) in [
+        ("accept", snap.agent_errors.accept),
+        ("probe", snap.agent_errors.probe),
+    ] {
+        out.extend_from_slice(AGENT_RESOURCE_ERRORS.as_bytes());
+        out.extend_from_slice(b"{op=\"");
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(b"\"} ");
+        write_u64(out, n);
+        out.push(b'\n');
+    }
+    family(
+        out,
         BUILD_INFO,
         "gauge",
         "Build information; the value is always 1.",
@@ -329,6 +353,13 @@ pub fn render_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
 /// The `process_*` families: read at each scrape (CPU, memory and fds change between
 /// snapshot changes), a few hundred bytes rendered after the cached part.
 pub fn render_process(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
+    // Read at each scrape like the process figures (not part of the snapshot).
+    counter(
+        out,
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr would have blocked the agent (nobody reading it).",
+        process.log_lines_dropped,
+    );
     if let Some(v) = process.cpu_seconds {
         family(
             out,
@@ -709,6 +740,7 @@ mod tests {
             max_fds: Some(1024),
             virtual_bytes: Some(12_345_678),
             virtual_max_bytes: Some(u64::MAX),
+            log_lines_dropped: 3,
         };
         let mut out = Vec::new();
         render(&snap, &process, &mut out);
@@ -792,9 +824,16 @@ sigma_vps_registered 1
 # HELP sigma_health_probe_enabled 1 if health probing is enabled.
 # TYPE sigma_health_probe_enabled gauge
 sigma_health_probe_enabled 1
+# HELP sigma_agent_resource_errors_total Failures of the agent itself, not of a backend: connections it could not accept and probes it could not run for lack of file descriptors, buffers or memory.
+# TYPE sigma_agent_resource_errors_total counter
+sigma_agent_resource_errors_total{{op="accept"}} 0
+sigma_agent_resource_errors_total{{op="probe"}} 0
 # HELP sigma_build_info Build information; the value is always 1.
 # TYPE sigma_build_info gauge
 sigma_build_info{{version="{version}",revision="{revision}",features="{features}",rustc="{rustc}"}} 1
+# HELP sigma_log_lines_dropped_total Log lines dropped because stderr would have blocked the agent (nobody reading it).
+# TYPE sigma_log_lines_dropped_total counter
+sigma_log_lines_dropped_total 3
 # HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
 # TYPE process_cpu_seconds_total counter
 process_cpu_seconds_total 0.25
