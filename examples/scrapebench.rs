@@ -50,7 +50,9 @@ fn start(bin: &str, routes: &std::path::Path, log: &std::path::Path) -> Agent {
         .args(["--health-probe-timeout", "1s", "--routes-file"])
         .arg(routes)
         .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,sigma_agent_lite::event_loop=info")
+        // info for the start-up line with the bound address (main's target); the per-route
+        // state changes that follow are drained and dropped.
+        .env("RUST_LOG", "warn,sigma_agent_lite=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -67,9 +69,12 @@ fn start(bin: &str, routes: &std::path::Path, log: &std::path::Path) -> Agent {
             if n == 0 {
                 break;
             }
+            if sent {
+                continue; // drain only
+            }
             all.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&all);
-            if !sent {
+            {
                 if let Some(i) = text.find("; http 127.0.0.1:") {
                     let rest = &text[i + "; http ".len()..];
                     let addr: String = rest
