@@ -133,6 +133,7 @@ fn bench_render(n: usize) -> Result {
         cpu_seconds: Some(1.25),
         open_fds: Some(9),
         max_fds: Some(1024),
+        log_lines_dropped: 0,
     };
     // The HTTP connection reuses its buffer between scrapes; so does this.
     let mut out = Vec::new();

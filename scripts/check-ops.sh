@@ -53,6 +53,8 @@ sigma_route_source_up
 sigma_route_fetch_duration_seconds
 sigma_vps_registered
 sigma_health_probe_enabled
+sigma_agent_resource_errors_total
+sigma_log_lines_dropped_total
 sigma_build_info
 process_resident_memory_bytes
 process_cpu_seconds_total

@@ -14,6 +14,11 @@ use std::time::Duration;
 /// The seed's `MAX_PROBE_TIMEOUT_SECS`: no probe waits longer, whatever is asked, so one stuck
 /// backend can never stall the cycle for long.
 pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Shortest probe deadline accepted. The loop's timer has millisecond resolution and one turn
+/// of it (a scrape of 10,000 routes renders in a few ms) can delay noticing a connect: a
+/// deadline shorter than that measures the agent, not the backend, and reported backends "up"
+/// with a latency above their own deadline.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
 /// Below this the agent would spend its one core on starting cycles.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest interval accepted (a day): longer is surely a typo, and keeps deadline math far
@@ -35,15 +40,17 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_HEALTH_PROBE (1/true/0/false), default off
     --health-probe-interval D         Time between probe-cycle starts: 30, 30s, 1.5, 500ms, 2m
                                       (minimum 100ms). env AGENT_HEALTH_PROBE_INTERVAL, default 30s
-    --health-probe-timeout D          Per-probe deadline (name lookup + connect); above 3s it is
-                                      clamped to 3s. env AGENT_HEALTH_PROBE_TIMEOUT, default 3s
+    --health-probe-timeout D          Per-probe deadline (name lookup + connect), at least 10ms;
+                                      above 3s it is clamped to 3s.
+                                      env AGENT_HEALTH_PROBE_TIMEOUT, default 3s
     --routes-file PATH                Routes to probe, one per line:
                                       NODE ROUTE LISTEN_PORT HOST:PORT [KEY=VALUE...]
                                       (# comments). Optional, how Envoy connects:
                                       admin_port=9901 (Envoy's admin on 127.0.0.1, read
                                       once per cycle beside the probes), cluster_type=
                                       static|strict_dns|logical_dns, connect_timeout=2s.
-                                      Re-read when it changes and on SIGHUP.
+                                      Re-read when it changes (once unmodified for 2s:
+                                      write it aside and rename it) and on SIGHUP.
                                       env AGENT_ROUTES_FILE
     --metrics-listen ADDR:PORT        HTTP listener for /metrics, /healthz and /.
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
@@ -294,9 +301,9 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         Some(v) => {
             let d = parse_duration(&v)
                 .map_err(|e| UsageError(format!("invalid value '{v}' for {timeout_src}: {e}")))?;
-            if d.is_zero() {
+            if d < MIN_PROBE_TIMEOUT {
                 return Err(UsageError(format!(
-                    "invalid value '{v}' for {timeout_src}: must be above 0 (at most 3s is used)"
+                    "invalid value '{v}' for {timeout_src}: must be at least 10ms (MIN_PROBE_TIMEOUT); above 3s, 3s is used"
                 )));
             }
             d
@@ -553,7 +560,15 @@ mod tests {
             ),
             (
                 &["--health-probe-timeout", "0"],
-                "'0' for --health-probe-timeout: must be above 0",
+                "'0' for --health-probe-timeout: must be at least 10ms",
+            ),
+            (
+                &["--health-probe-timeout", "0.000000001"],
+                "'0.000000001' for --health-probe-timeout: must be at least 10ms",
+            ),
+            (
+                &["--health-probe-timeout", "9ms"],
+                "'9ms' for --health-probe-timeout: must be at least 10ms",
             ),
             (
                 &["--metrics-listen", "9102"],

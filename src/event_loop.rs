@@ -43,6 +43,15 @@ const EVENTS_CAPACITY: usize = 256;
 pub const MCP_MAX_CONNECTIONS: usize = 64;
 /// An MCP client silent this long is closed (clients reconnect; sessions hold no state).
 pub const MCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// When `accept` fails and nothing can be freed to retry it at once (no reserve descriptor, or
+/// an error such as ENOBUFS), the listeners are tried again this soon: readiness is
+/// edge-triggered, so connections already queued would otherwise wait for the next newcomer.
+/// 100 ms keeps a queued scrape well inside Prometheus' timeout without spinning.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// The reserve descriptor: held open so that, when the process is out of descriptors, closing
+/// it lets one queued connection be accepted and answered (503, or closed for MCP) instead of
+/// being left in the queue (the libev/nginx "reserve fd" recipe).
+const RESERVE_PATH: &str = "/dev/null";
 
 /// How long a due cycle waits for the route source's fetch before it probes the routes it
 /// already knows. A healthy fetch takes milliseconds (p99 50 ms at 333 fetches/s through
@@ -108,6 +117,12 @@ pub struct Agent {
     /// Entries (and STDIN) that yielded with work left: driven again without waiting.
     again: Vec<Token>,
     next_token: usize,
+    /// See [`RESERVE_PATH`]; None while it is spent (or could not be opened).
+    reserve: Option<std::fs::File>,
+    /// When the listeners are to be tried again after an accept failure ([`ACCEPT_RETRY`]).
+    accept_retry: Option<Instant>,
+    /// Out of descriptors at the last accept: a shortage is logged once, when it starts.
+    fd_short: bool,
     prober: Prober,
     /// Envoy admin reads, started with each probe cycle.
     envoy: EnvoyAdmin,
@@ -194,6 +209,9 @@ impl Agent {
             // Stdin may hold input already (a file, a pipe written before we started).
             again: vec![STDIN],
             next_token: FIRST_DYNAMIC_TOKEN,
+            reserve: std::fs::File::open(RESERVE_PATH).ok(),
+            accept_retry: None,
+            fd_short: false,
             prober,
             envoy: EnvoyAdmin::new(),
             interval: config.interval,
@@ -222,6 +240,11 @@ impl Agent {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let now = Instant::now();
+            if self.accept_retry.is_some_and(|at| at <= now) {
+                self.accept_retry = None;
+                self.accept(Kind::Http, now);
+                self.accept(Kind::Mcp, now);
+            }
             self.sweep(now);
             for token in std::mem::take(&mut self.again) {
                 if self.drive(token, now) == Flow::Stop {
@@ -363,6 +386,7 @@ impl Agent {
             .chain(prober)
             .chain(self.source.next_deadline())
             .chain(self.envoy.next_deadline())
+            .chain(self.accept_retry)
             .min()
     }
 
@@ -533,8 +557,14 @@ impl Agent {
         }
     }
 
-    /// Accepts every pending connection of one listener.
+    /// Accepts every pending connection of one listener, until it would block: edge-triggered
+    /// readiness reports a queue only once. Out of descriptors (EMFILE/ENFILE), it closes the
+    /// connection best spared ([`Agent::make_room`]) and tries again; with none to spare it
+    /// spends the reserve descriptor to accept the next one and answer it 503 (MCP: close),
+    /// so no queued client is left waiting; failing that, it tries again in [`ACCEPT_RETRY`].
     fn accept(&mut self, kind: Kind, now: Instant) {
+        // Whether a connection was already closed for the queued one at the head.
+        let mut freed = false;
         loop {
             let listener = match kind {
                 Kind::Http => &self.http_listener,
@@ -546,14 +576,48 @@ impl Agent {
             let (mut stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted =>
+                {
+                    continue
+                }
+                Err(e) if is_fd_shortage(&e) => {
+                    // accept4 takes a descriptor before it looks at the queue: with the
+                    // table full it says EMFILE even when no one is waiting.
+                    if !has_queued(listener) {
+                        return;
+                    }
+                    self.snapshot.borrow_mut().agent_errors.accept += 1;
+                    if !self.fd_short {
+                        self.fd_short = true;
+                        log::warn!(
+                            "{kind:?}: out of file descriptors accepting a connection ({e}): closing idle connections to make room, else answering 503; raise LimitNOFILE (counted in sigma_agent_resource_errors_total{{op=\"accept\"}})"
+                        );
+                    }
+                    if !freed && self.make_room(kind, true) {
+                        freed = true;
+                        continue;
+                    }
+                    if self.shed(kind) {
+                        freed = false;
+                        continue;
+                    }
+                    self.accept_retry = Some(now + ACCEPT_RETRY);
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and wait for the next event rather than spin.
-                    log::warn!("{kind:?}: accept failed: {e}");
+                    log::warn!("{kind:?}: accept failed: {e}; trying again in {ACCEPT_RETRY:?}");
+                    self.accept_retry = Some(now + ACCEPT_RETRY);
                     return;
                 }
             };
-            if !self.make_room(kind) {
+            if !freed && self.fd_short {
+                self.fd_short = false;
+                log::info!("{kind:?}: file descriptors available again");
+            }
+            freed = false;
+            if !self.make_room(kind, false) {
                 log::warn!("{kind:?}: every connection is busy, refusing {peer} with 503");
                 http::refuse(stream);
                 continue;
@@ -580,15 +644,44 @@ impl Agent {
         }
     }
 
-    /// At a listener's connection limit, closes the connection it can best spare: for HTTP
-    /// the oldest that has not completed a request, for MCP the least recently active.
-    /// False when none can go (only HTTP, whose busy connections are all mid-response).
-    fn make_room(&mut self, kind: Kind) -> bool {
+    /// Out of descriptors with none to free: closes the reserve descriptor, accepts one queued
+    /// connection with it, answers it 503 (MCP: closes it) and reopens the reserve. False when
+    /// the reserve is spent or the accept still fails (then the caller retries later).
+    fn shed(&mut self, kind: Kind) -> bool {
+        if self.reserve.take().is_none() {
+            self.reserve = std::fs::File::open(RESERVE_PATH).ok();
+            return false;
+        }
+        let listener = match kind {
+            Kind::Http => &self.http_listener,
+            Kind::Mcp => &self.mcp_listener,
+        };
+        let accepted = listener.as_ref().map(|l| l.accept());
+        let shed = match accepted {
+            Some(Ok((stream, peer))) => {
+                log::debug!("{kind:?}: out of file descriptors, refusing {peer}");
+                if let Kind::Http = kind {
+                    http::refuse(stream);
+                }
+                true
+            }
+            _ => false,
+        };
+        self.reserve = std::fs::File::open(RESERVE_PATH).ok();
+        shed
+    }
+
+    /// Makes room for one more connection of `kind`: at the listener's limit (or always, with
+    /// `force`: out of descriptors) closes the least recently active connection that can be
+    /// spared (for HTTP one not being written a response, see `http::Conn::evictable`).
+    /// True when there is room; false when none can go (only HTTP, all mid-response), or with
+    /// `force` when there is no connection of that kind to close.
+    fn make_room(&mut self, kind: Kind, force: bool) -> bool {
         let mut count = 0;
         let mut victim: Option<(Instant, Token)> = None;
         for (token, entry) in &self.entries {
             let candidate = match (kind, entry) {
-                (Kind::Http, Entry::Http(c)) => c.evictable().then_some(c.accepted_at),
+                (Kind::Http, Entry::Http(c)) => c.evictable().then_some(c.last_active),
                 (Kind::Mcp, Entry::Mcp(c)) => Some(c.deadline),
                 _ => continue,
             };
@@ -603,12 +696,12 @@ impl Agent {
             Kind::Http => http::MAX_CONNECTIONS,
             Kind::Mcp => MCP_MAX_CONNECTIONS,
         };
-        if count < limit {
+        if count < limit && !force {
             return true;
         }
         match victim {
             Some((_, token)) => {
-                log::debug!("{kind:?}: at {limit} connections, closing the one best spared");
+                log::debug!("{kind:?}: {count} connections, closing the least recently active one");
                 self.close(token);
                 true
             }
@@ -657,4 +750,23 @@ fn listen(
         .register(&mut listener, token, Interest::READABLE)
         .map_err(|e| RuntimeError(format!("cannot watch {addr}: {e}")))?;
     Ok(listener)
+}
+
+/// The process (EMFILE) or the system (ENFILE) is out of file descriptors.
+fn is_fd_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Whether a connection waits in the listener's accept queue (asked with `poll`, which needs
+/// no descriptor; if it fails, assume one does).
+fn has_queued(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n != 0
 }

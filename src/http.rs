@@ -21,7 +21,10 @@ use crate::snapshot::Snapshot;
 
 /// Connections served at once. Prometheus needs one; 256 leaves room for curls and
 /// dashboards while bounding memory (~8 KiB of head buffer each at most, plus the response
-/// being written). Past it the oldest connection that has not completed a request is evicted.
+/// being written). Past it a new connection closes the least recently active one that is not
+/// being written a response (see [`Conn::evictable`]): a kept-alive or silent connection costs
+/// its owner a reconnect, where refusing the newcomer would let any 256 clients lock
+/// Prometheus out for as long as they like.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Largest request head (request line + headers): a scrape's is ~200 bytes; 8 KiB is what
 /// common servers accept. Larger gets 431.
@@ -80,32 +83,50 @@ pub enum Parse<'a> {
 }
 
 /// Parses one request head from the start of `buf`. Pure.
+///
+/// RFC 9112 leniencies a server should have: empty lines before the request line are skipped
+/// (§2.2), a bare LF ends a line as CRLF does (§2.2), and the absolute form of the target
+/// (`GET http://host/metrics`, §3.2.2) is served by its path. Header values may carry obs-text
+/// (bytes 0x80-0xFF, §5.5); any other control byte in a value (NUL, a bare CR...) is a 400.
 pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
-    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+    // Empty lines before the request line: skipped, all of them (the head limit bounds them).
+    let mut start = 0;
+    loop {
+        match &window[start..] {
+            [b'\r', b'\n', ..] => start += 2,
+            [b'\n', ..] => start += 1,
+            _ => break,
+        }
+    }
+    let Some((end, terminator)) = head_end(&window[start..]) else {
         return if buf.len() >= MAX_HEAD_BYTES {
             Parse::Error(431)
         } else {
             Parse::Incomplete
         };
     };
-    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+    let mut lines = window[start..start + end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Ok(request_line) = std::str::from_utf8(lines.next().unwrap_or(b"")) else {
         return Parse::Error(400);
     };
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Parse::Error(400);
     };
-    if method.is_empty() || !method.bytes().all(is_token_byte) || !target.starts_with('/') {
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
         return Parse::Error(400);
     }
-    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    if target.bytes().any(|b| b <= b' ' || b >= 0x7f) {
         return Parse::Error(400);
     }
+    let Some(target) = origin_path(target) else {
+        return Parse::Error(400);
+    };
     let http11 = match version {
         "HTTP/1.1" => true,
         "HTTP/1.0" => false,
@@ -116,13 +137,19 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let mut host = false;
     let mut body = false;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             return Parse::Error(400);
         };
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().copied().all(is_token_byte) {
             return Parse::Error(400); // includes obsolete line folding and space before ':'
         }
-        let value = value.trim_matches([' ', '\t']);
+        if !value.iter().all(|&b| is_field_value_byte(b)) {
+            return Parse::Error(400);
+        }
+        // The values looked at are ASCII; obs-text in them means nothing to us.
+        let value = std::str::from_utf8(value).unwrap_or("");
+        let name = std::str::from_utf8(name).unwrap_or("");
         if name.eq_ignore_ascii_case("host") {
             if host {
                 return Parse::Error(400);
@@ -161,8 +188,63 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
             path,
             close: close || body,
         },
-        end + 4,
+        start + end + terminator,
     )
+}
+
+/// Where the empty line that ends a head starts in `buf` (the head's lines are before it) and
+/// how long it is with the line end before it (`\n\n`, `\n\r\n`), or None yet.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|&b| b == b'\n') {
+        let lf = from + at;
+        match &buf[lf + 1..] {
+            [b'\n', ..] => return Some((lf, 2)),
+            [b'\r', b'\n', ..] => return Some((lf, 3)),
+            _ => from = lf + 1,
+        }
+    }
+    None
+}
+
+/// The path (and query) of an origin-form target, or of an absolute-form one
+/// (`http://host:port/path?q`; no path is `/`). None for any other form.
+fn origin_path(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if authority_end == 0 {
+        return None;
+    }
+    let path = &rest[authority_end..];
+    if path.starts_with('/') {
+        Some(path)
+    } else {
+        Some("/")
+    }
+}
+
+/// Optional whitespace (SP, HTAB) trimmed from both ends.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// field-vchar, SP or HTAB (RFC 9110 §5.5): visible ASCII and obs-text; no other control byte.
+fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -282,9 +364,9 @@ pub struct Conn {
     out: Vec<u8>,
     out_pos: usize,
     close_after_write: bool,
-    /// Requests answered on this connection.
-    served: u64,
-    pub accepted_at: Instant,
+    /// When bytes last arrived or a response was last completed (or the accept): the least
+    /// recently active connection is the one closed to make room.
+    pub last_active: Instant,
     /// When this connection times out (idle, slow head, or stalled write).
     pub deadline: Instant,
 }
@@ -297,8 +379,7 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             close_after_write: false,
-            served: 0,
-            accepted_at: now,
+            last_active: now,
             deadline: now + IDLE_TIMEOUT,
         }
     }
@@ -308,10 +389,11 @@ impl Conn {
         self.out.len() - self.out_pos
     }
 
-    /// May be evicted to make room: it has never had a request answered and is not
-    /// answering one now.
+    /// May be closed to make room: it is not being written a response (idle, kept alive
+    /// between requests, or sending a head). A response in progress is never cut; those are
+    /// bounded by [`WRITE_TIMEOUT`] and [`MAX_RESPONSE_BYTES_IN_FLIGHT`].
     pub fn evictable(&self) -> bool {
-        self.served == 0 && self.pending() == 0
+        self.pending() == 0
     }
 
     /// Reads, answers and writes until the socket would block. `process` reads the process
@@ -342,7 +424,7 @@ impl Conn {
                 if self.close_after_write {
                     return Status::Close;
                 }
-                self.served += 1;
+                self.last_active = now;
                 self.deadline = now + IDLE_TIMEOUT;
                 if self.out.capacity() > KEEP_BUFFER_BYTES {
                     self.out = Vec::new();
@@ -373,6 +455,7 @@ impl Conn {
             match self.stream.read(&mut chunk[..room]) {
                 Ok(0) => return Status::Close,
                 Ok(n) => {
+                    self.last_active = now;
                     if self.inbuf.is_empty() {
                         self.deadline = self.deadline.min(now + HEAD_TIMEOUT);
                     }
@@ -498,6 +581,56 @@ mod tests {
             );
         }
         assert_eq!(parse_head(b"GET / HTTP/2.0\r\n\r\n"), Parse::Error(505));
+    }
+
+    /// RFC 9112 leniencies: bare LF line ends, empty lines before the request line,
+    /// absolute-form targets, obs-text in values; and what stays an error.
+    #[test]
+    fn lenient_where_the_rfc_asks() {
+        let buf = b"GET /metrics HTTP/1.1\nHost: a\n\nNEXT";
+        let (req, len) = complete(buf);
+        assert_eq!(req.path, "/metrics");
+        assert_eq!(&buf[len..], b"NEXT");
+        let buf = b"GET / HTTP/1.1\r\nHost: a\n\r\nNEXT";
+        let (_, len) = complete(buf);
+        assert_eq!(&buf[len..], b"NEXT");
+        let buf = b"\r\n\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\nNEXT";
+        let (req, len) = complete(buf);
+        assert_eq!((req.path, &buf[len..]), ("/healthz", &b"NEXT"[..]));
+        assert_eq!(parse_head(b"\r\n\r\n"), Parse::Incomplete);
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r"),
+            Parse::Incomplete
+        );
+        for (target, path) in [
+            ("http://a:9102/metrics?x=1", "/metrics"),
+            ("HTTP://a/", "/"),
+            ("https://a", "/"),
+            ("http://a?x", "/"),
+        ] {
+            let buf = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(complete(buf.as_bytes()).0.path, path, "{target}");
+        }
+        complete(b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: caf\xe9 \xff\tok\r\n\r\n");
+        let bad: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+            b"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http:///metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a/metrics HTTP/1.1\r\n\r\n", // absolute form still needs Host (§3.2)
+        ];
+        for b in bad {
+            assert_eq!(
+                parse_head(b),
+                Parse::Error(400),
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod http;
 pub mod http_client;
 pub mod json;
+pub mod logging;
 pub mod mcp;
 pub mod mcp_peer;
 pub mod metrics;

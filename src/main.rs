@@ -2,10 +2,11 @@
 //! Exit codes: 0 on SIGTERM/SIGINT, 1 on a runtime failure, 2 on a usage error.
 
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use sigma_agent_lite::config::{self, Command, Config, Env};
 use sigma_agent_lite::event_loop::Agent;
+use sigma_agent_lite::logging;
 use sigma_agent_lite::snapshot::Snapshot;
 use sigma_agent_lite::source::{FileSource, Refresh, RouteSource};
 
@@ -28,7 +29,10 @@ fn main() -> ExitCode {
         }
         Command::Run(c) => c,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Logs must never block the one thread: see logging.rs.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Pipe(Box::new(logging::Stderr::new())))
+        .init();
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
@@ -71,7 +75,7 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
         (None, _) => RouteSource::None,
         (Some(path), _) => {
             let mut file = FileSource::new(path.clone());
-            match file.refresh(true) {
+            match file.refresh(true, Instant::now(), SystemTime::now()) {
                 Refresh::Routes(routes) => {
                     snapshot.set_routes(routes);
                 }

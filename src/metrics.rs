@@ -42,6 +42,8 @@ pub const SOURCE_ERRORS: &str = "sigma_route_source_errors_total";
 pub const FETCH_DURATION: &str = "sigma_route_fetch_duration_seconds";
 pub const VPS_REGISTERED: &str = "sigma_vps_registered";
 pub const PROBE_ENABLED: &str = "sigma_health_probe_enabled";
+pub const AGENT_RESOURCE_ERRORS: &str = "sigma_agent_resource_errors_total";
+pub const LOG_LINES_DROPPED: &str = "sigma_log_lines_dropped_total";
 pub const BUILD_INFO: &str = "sigma_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -56,12 +58,17 @@ pub struct ProcessStats {
     pub cpu_seconds: Option<f64>,
     pub open_fds: Option<u64>,
     pub max_fds: Option<u64>,
+    /// Log lines dropped because stderr would have blocked (`logging::dropped`).
+    pub log_lines_dropped: u64,
 }
 
 impl ProcessStats {
     /// Reads `/proc/self/{stat,fd,limits}`. Never fails: what can't be read is `None`.
     pub fn read() -> ProcessStats {
-        let mut stats = ProcessStats::default();
+        let mut stats = ProcessStats {
+            log_lines_dropped: crate::logging::dropped(),
+            ..ProcessStats::default()
+        };
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             let (cpu_ticks, rss_pages) = parse_stat(&stat);
             // SAFETY: sysconf has no preconditions; it only reads system configuration.
@@ -267,6 +274,29 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         PROBE_ENABLED,
         "1 if health probing is enabled.",
         snap.probe_enabled as u64,
+    );
+    family(
+        out,
+        AGENT_RESOURCE_ERRORS,
+        "counter",
+        "Failures of the agent itself, not of a backend: connections it could not accept and probes it could not run for lack of file descriptors, buffers or memory.",
+    );
+    for (op, n) in [
+        ("accept", snap.agent_errors.accept),
+        ("probe", snap.agent_errors.probe),
+    ] {
+        out.extend_from_slice(AGENT_RESOURCE_ERRORS.as_bytes());
+        out.extend_from_slice(b"{op=\"");
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(b"\"} ");
+        write_u64(out, n);
+        out.push(b'\n');
+    }
+    counter(
+        out,
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr would have blocked the agent (nobody reading it).",
+        process.log_lines_dropped,
     );
     family(
         out,
@@ -594,6 +624,7 @@ mod tests {
             cpu_seconds: Some(0.25),
             open_fds: Some(7),
             max_fds: Some(1024),
+            log_lines_dropped: 3,
         };
         let mut out = Vec::new();
         render(&snap, &process, &mut out);
@@ -677,6 +708,13 @@ sigma_vps_registered 1
 # HELP sigma_health_probe_enabled 1 if health probing is enabled.
 # TYPE sigma_health_probe_enabled gauge
 sigma_health_probe_enabled 1
+# HELP sigma_agent_resource_errors_total Failures of the agent itself, not of a backend: connections it could not accept and probes it could not run for lack of file descriptors, buffers or memory.
+# TYPE sigma_agent_resource_errors_total counter
+sigma_agent_resource_errors_total{{op="accept"}} 0
+sigma_agent_resource_errors_total{{op="probe"}} 0
+# HELP sigma_log_lines_dropped_total Log lines dropped because stderr would have blocked the agent (nobody reading it).
+# TYPE sigma_log_lines_dropped_total counter
+sigma_log_lines_dropped_total 3
 # HELP sigma_build_info Build information; the value is always 1.
 # TYPE sigma_build_info gauge
 sigma_build_info{{version="{version}"}} 1

@@ -9,6 +9,15 @@
 //! a spurious wake-up: keep waiting). A probe that never gets an event ends when the loop's
 //! sweep finds its deadline passed. Everything takes `now` as an argument.
 //!
+//! Two rules keep a backend's reported state about the backend:
+//! - A probe the agent could not run for want of its own resources (no file descriptor,
+//!   buffer or memory for the socket) is not a backend failure: the route keeps its last
+//!   result, `Snapshot::agent_errors.probe` counts it, and one warning says so when it starts.
+//! - A completed TCP handshake is "reachable", even when the backend resets the connection
+//!   before we look: the connect then reports ECONNRESET (or EPIPE after a FIN), which only an
+//!   established connection can get (a reset during the handshake is ECONNREFUSED). So a
+//!   backend that accepts and resets at once is up every time, whatever the timing.
+//!
 //! A backend given by name is first resolved by the agent's own resolver (`dns.rs`) on the
 //! same loop; the lookup and the connect share the route's one deadline. Latency is the
 //! connect time alone; the lookup time is reported apart.
@@ -28,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::config::MAX_PROBE_TIMEOUT;
+use crate::config::{MAX_PROBE_TIMEOUT, MIN_PROBE_TIMEOUT};
 use crate::dns::{DnsFailure, Lookup, Resolver, Start};
 use crate::route::{ClusterType, Route};
 use crate::snapshot::{AddressCount, Change, Outcome, ProbeResult, Reason, Snapshot};
@@ -79,12 +88,13 @@ impl Spread {
 }
 
 /// The deadline span of one route's probe: its `connect_timeout` when set (as Envoy uses it),
-/// else the agent's `--health-probe-timeout`; never above the 3 s clamp.
+/// else the agent's `--health-probe-timeout`; never above the 3 s clamp nor below
+/// `MIN_PROBE_TIMEOUT` (a shorter deadline measures the agent's loop, not the backend).
 pub fn route_timeout(route: &Route, default: Duration) -> Duration {
     route
         .connect_timeout
         .unwrap_or(default)
-        .min(MAX_PROBE_TIMEOUT)
+        .clamp(MIN_PROBE_TIMEOUT, MAX_PROBE_TIMEOUT)
 }
 
 enum Stage {
@@ -135,6 +145,9 @@ pub struct Prober {
     grid: Option<Instant>,
     cycle: Option<Cycle>,
     inflight: Option<InFlight>,
+    /// Probes skipped in a row for lack of the agent's own resources (logged when it starts
+    /// and when it ends).
+    skipped: u64,
 }
 
 impl Prober {
@@ -155,6 +168,7 @@ impl Prober {
             grid: None,
             cycle: None,
             inflight: None,
+            skipped: 0,
         }
     }
 
@@ -318,10 +332,7 @@ impl Prober {
                                 ..f
                             })
                         }
-                        Err(e) => {
-                            let e = DnsFailure::Error(format!("cannot watch the lookup: {e}"));
-                            record(snap, index, dns_failure(Duration::ZERO, &e), wall);
-                        }
+                        Err(e) => self.skip(snap, index, &e),
                     }
                 }
             }
@@ -385,31 +396,60 @@ impl Prober {
         wall: SystemTime,
         next_token: &mut impl FnMut() -> Token,
     ) {
-        let attempt = TcpStream::connect(address).and_then(|mut stream| {
-            let token = next_token();
-            registry.register(&mut stream, token, Interest::WRITABLE)?;
-            Ok((stream, token))
-        });
-        match attempt {
-            Ok((stream, token)) => {
-                self.inflight = Some(InFlight {
-                    token,
-                    stage: Stage::Connecting {
-                        stream,
-                        address,
-                        connect_started: now,
-                        dns,
-                    },
-                    ..f
-                });
-            }
+        let mut stream = match TcpStream::connect(address) {
+            Ok(stream) => stream,
+            Err(e) if is_agent_shortage(&e) => return self.skip(snap, f.index, &e),
             Err(e) => {
+                self.resumed();
                 let result = ProbeResult {
                     dns_duration: dns,
                     ..from_error(&e, address)
                 };
                 self.conclude(f, result, now, snap, wall);
+                return;
             }
+        };
+        let token = next_token();
+        if let Err(e) = registry.register(&mut stream, token, Interest::WRITABLE) {
+            // epoll could not take the socket: the agent's failure, whatever the errno.
+            return self.skip(snap, f.index, &e);
+        }
+        self.resumed();
+        self.inflight = Some(InFlight {
+            token,
+            stage: Stage::Connecting {
+                stream,
+                address,
+                connect_started: now,
+                dns,
+            },
+            ..f
+        });
+    }
+
+    /// A probe of route `index` not run for want of the agent's own resources: counted apart,
+    /// the route keeps its last result, and a warning is logged when such a run starts.
+    fn skip(&mut self, snap: &mut Snapshot, index: usize, e: &io::Error) {
+        snap.agent_errors.probe += 1;
+        if self.skipped == 0 {
+            let route = snap.routes.get(index).map_or_else(String::new, |s| {
+                format!(" ({}/{})", s.route.node, s.route.name)
+            });
+            log::warn!(
+                "cannot open a probe socket{route}: {e}: the agent is short of resources, not the backend; keeping each backend's last state until probes run again (counted in sigma_agent_resource_errors_total{{op=\"probe\"}})"
+            );
+        }
+        self.skipped += 1;
+    }
+
+    /// A probe socket was opened: ends a run of skipped probes.
+    fn resumed(&mut self) {
+        if self.skipped > 0 {
+            log::info!(
+                "probe sockets available again after {} skipped probes",
+                self.skipped
+            );
+            self.skipped = 0;
         }
     }
 
@@ -535,6 +575,15 @@ impl Prober {
                     address: Some(*address),
                     dns_duration: *dns,
                     detail: None,
+                    addresses: None,
+                }),
+                Connect::Done(Err(e)) if handshake_completed(&e) => Some(ProbeResult {
+                    outcome: Outcome::Reachable {
+                        latency: now.saturating_duration_since(*connect_started),
+                    },
+                    address: Some(*address),
+                    dns_duration: *dns,
+                    detail: Some(format!("connected, then the backend closed it: {e}")),
                     addresses: None,
                 }),
                 Connect::Done(Err(e)) => Some(ProbeResult {
@@ -686,6 +735,21 @@ pub fn reason_for(e: &io::Error) -> Reason {
     }
 }
 
+/// The agent itself is short of something a socket needs: descriptors (EMFILE for the
+/// process, ENFILE for the system), buffers or memory. Not a fact about the backend.
+fn is_agent_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A connect error only an established connection can get: reset (ECONNRESET) or, after the
+/// backend's FIN, EPIPE. During the handshake a reset is ECONNREFUSED.
+fn handshake_completed(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE))
+}
+
 fn from_error(e: &io::Error, address: SocketAddr) -> ProbeResult {
     let reason = reason_for(e);
     if reason == Reason::Error {
@@ -739,6 +803,41 @@ mod tests {
         let mut s = Snapshot::new(true, Duration::from_secs(1), SystemTime::UNIX_EPOCH);
         s.set_routes(routes);
         s
+    }
+
+    /// A route's own connect_timeout is held between the 10 ms floor and the 3 s clamp.
+    #[test]
+    fn route_deadline_is_bounded_both_ways() {
+        let r = |t: Option<Duration>| {
+            let route = Route::new("n", "r", 1, "127.0.0.1", 1).unwrap();
+            route
+                .with_envoy(None, crate::route::ClusterType::Unspecified, t)
+                .unwrap()
+        };
+        let agent = Duration::from_secs(1);
+        assert_eq!(route_timeout(&r(None), agent), agent);
+        assert_eq!(
+            route_timeout(&r(Some(Duration::from_nanos(1))), agent),
+            MIN_PROBE_TIMEOUT
+        );
+        assert_eq!(
+            route_timeout(&r(Some(Duration::from_secs(60))), agent),
+            MAX_PROBE_TIMEOUT
+        );
+    }
+
+    /// Connect errors only an established connection gets mean "reachable"; the agent's own
+    /// shortages are not the backend's.
+    #[test]
+    fn errors_that_are_not_the_backends_failure() {
+        let e = |code| io::Error::from_raw_os_error(code);
+        assert!(handshake_completed(&e(libc::ECONNRESET)));
+        assert!(handshake_completed(&e(libc::EPIPE)));
+        assert!(!handshake_completed(&e(libc::ECONNREFUSED)));
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_agent_shortage(&e(code)), "{code}");
+        }
+        assert!(!is_agent_shortage(&e(libc::ENETUNREACH)));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! `NODE ROUTE LISTEN_PORT HOST:PORT [KEY=VALUE ...]`, e.g.
 //! `layer4-01 tcp-proxy-hk01 10001 hk013.example.com:443 admin_port=9901 cluster_type=strict_dns`.
 //! `#` starts a comment, blank lines are skipped, IPv6 backends are written `[2001:db8::1]:443`.
+//! A UTF-8 byte-order mark at the start (editors on Windows add one) is skipped; anywhere else
+//! it is an error, as are other invisible characters in a name.
 //! A route name is any run of non-whitespace characters (it may contain `"` or `\`).
 //!
 //! The optional fields say how Envoy itself reaches the backend (the fleet database's
@@ -17,7 +19,7 @@
 //! - `cluster_type=static|strict_dns|logical_dns`: how Envoy turns the host into addresses;
 //!   the prober probes as Envoy connects (see `prober.rs`). Not given: the first address.
 //! - `connect_timeout=2s` (or `500ms`, `1.5`): Envoy's connect timeout, used as this route's
-//!   probe deadline (still clamped to 3 s).
+//!   probe deadline (still clamped to 3 s, and raised to 10 ms, `config::MIN_PROBE_TIMEOUT`).
 //!
 //! Each key at most once per line; an unknown key or a bad value is a `file:line` error.
 //!
@@ -223,6 +225,7 @@ impl fmt::Display for RouteError {
 
 /// Parses a whole routes file. Errors name the line; the first error wins.
 pub fn parse_routes(text: &str) -> Result<Vec<Route>, RouteError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut routes: Vec<Route> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
     let mut seen: HashMap<(String, u16), usize> = HashMap::new();
@@ -374,13 +377,21 @@ fn check_field(what: &str, v: &str) -> Result<(), String> {
             v.len()
         ));
     }
-    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if v.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+    {
         return Err(format!(
-            "{what} '{}' contains whitespace or control characters",
+            "{what} '{}' contains whitespace, control or invisible characters",
             v.escape_debug()
         ));
     }
     Ok(())
+}
+
+/// Characters that show as nothing: a byte-order mark, zero-width spaces and joiners, the
+/// word joiner. In a name they make two routes look alike in /metrics and alerts.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{feff}' | '\u{200b}'..='\u{200d}' | '\u{2060}')
 }
 
 /// A host is an IP literal or a DNS name (letters, digits, `-`, `_`, `.`; labels of 1-63).
@@ -492,6 +503,16 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped_at_the_start_only() {
+        let routes = parse_routes("\u{feff}node r 1 h:1\n").unwrap();
+        assert_eq!(routes[0].node, "node");
+        let e = parse_routes("a r 1 h:1\n\u{feff}b r 1 h:1\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("invisible"), "{e}");
+        assert!(parse_routes("a r\u{200b} 1 h:1\n").is_err());
     }
 
     #[test]

@@ -152,6 +152,16 @@ pub struct SourceStatus {
     pub fetch_duration: Option<Duration>,
 }
 
+/// Failures of the agent itself, not of any backend: resources it ran out of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentErrors {
+    /// `accept` failures for lack of a file descriptor (EMFILE/ENFILE).
+    pub accept: u64,
+    /// Probes not run because the agent could not get a socket (out of file descriptors,
+    /// buffers or memory): the backend keeps its last state.
+    pub probe: u64,
+}
+
 /// How reading one node's Envoy admin interface is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvoyNode {
@@ -191,6 +201,7 @@ pub struct Snapshot {
     pub last_cycle_duration: Option<Duration>,
     pub last_cycle_end: Option<SystemTime>,
     pub source: SourceStatus,
+    pub agent_errors: AgentErrors,
     /// When the agent started (process_start_time_seconds).
     pub started_at: SystemTime,
     /// Envoy admin interfaces read once per cycle, one per node that has an admin port.
@@ -213,6 +224,7 @@ impl Snapshot {
                 errors_total: 0,
                 fetch_duration: None,
             },
+            agent_errors: AgentErrors::default(),
             started_at,
             envoy_nodes: Vec::new(),
         }

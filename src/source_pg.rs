@@ -557,7 +557,10 @@ impl PgSource {
         now: Instant,
         registry: &Registry,
     ) -> Fetch {
-        let took = self.fetch.take().map_or(Duration::ZERO, |f| f.started.elapsed());
+        let took = self
+            .fetch
+            .take()
+            .map_or(Duration::ZERO, |f| f.started.elapsed());
         self.last_duration = Some(took);
         self.worst_duration = Some(self.worst_duration.map_or(took, |w| w.max(took)));
         match result {

@@ -34,10 +34,17 @@ impl Agent {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut cmd = Command::new(BIN);
-        cmd.arg("--metrics-listen").arg("127.0.0.1:0").args(args);
-        cmd.env("RUST_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        Self::start_command(cmd, args)
+    }
+
+    /// As [`Agent::start`], with a command the caller prepared (environment, `pre_exec`).
+    pub fn start_command(mut cmd: Command, args: &[&str]) -> Agent {
+        cmd.arg("--metrics-listen").arg("127.0.0.1:0").args(args);
+        if cmd.get_envs().all(|(k, _)| k != "RUST_LOG") {
+            cmd.env("RUST_LOG", "debug");
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -272,6 +279,28 @@ pub fn blackhole() -> Blackhole {
         }
     }
     panic!("could not fill the accept backlog of a loopback listener");
+}
+
+/// Limits the open files of the process `cmd` starts to `n` (RLIMIT_NOFILE soft limit).
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            r.rlim_cur = n.min(r.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 pub fn write_routes(name: &str, lines: &[String]) -> TempFile {
