@@ -280,21 +280,19 @@ impl Agent {
                     HTTP_LISTENER => self.accept(Kind::Http, now),
                     MCP_LISTENER => self.accept(Kind::Mcp, now),
                     token if self.source.owns(token) => {
-                        let next_token = &mut self.next_token;
-                        let mut tokens = || {
-                            let t = Token(*next_token);
-                            *next_token += 1;
-                            t
-                        };
+                        let mut tokens = token_counter(&mut self.next_token);
                         let registry = self.poll.registry();
-                        if let Some(done) = self.source.on_event(token, now, registry, &mut tokens)
-                        {
+                        let done = self.source.on_event(token, now, registry, &mut tokens);
+                        drop(tokens);
+                        if let Some(done) = done {
                             self.source_done(done, now);
                         }
                     }
                     token if Some(token) == self.prober.token() => {
                         let snap = &mut *self.snapshot.borrow_mut();
-                        self.prober.on_event(now, wall, self.poll.registry(), snap);
+                        let mut tokens = token_counter(&mut self.next_token);
+                        let registry = self.poll.registry();
+                        self.prober.on_event(now, wall, registry, snap, &mut tokens);
                     }
                     token if self.envoy.owns(token) => {
                         let snap = &mut *self.snapshot.borrow_mut();
@@ -329,16 +327,12 @@ impl Agent {
             }
         }
         if self.source.next_deadline().is_some_and(|d| d <= now) {
-            let next_token = &mut self.next_token;
-            let mut tokens = || {
-                let t = Token(*next_token);
-                *next_token += 1;
-                t
-            };
-            if let Some(done) = self
+            let mut tokens = token_counter(&mut self.next_token);
+            let done = self
                 .source
-                .on_deadline(now, self.poll.registry(), &mut tokens)
-            {
+                .on_deadline(now, self.poll.registry(), &mut tokens);
+            drop(tokens);
+            if let Some(done) = done {
                 self.source_done(done, now);
             }
         }
@@ -353,12 +347,7 @@ impl Agent {
             let wall = SystemTime::now();
             let advance = {
                 let snap = &mut *self.snapshot.borrow_mut();
-                let next_token = &mut self.next_token;
-                let mut tokens = || {
-                    let t = Token(*next_token);
-                    *next_token += 1;
-                    t
-                };
+                let mut tokens = token_counter(&mut self.next_token);
                 self.prober
                     .advance(now, wall, self.poll.registry(), snap, &mut tokens)
             };
@@ -399,12 +388,7 @@ impl Agent {
 
     fn start_envoy_reads(&mut self, now: Instant) {
         let snap = &mut *self.snapshot.borrow_mut();
-        let next_token = &mut self.next_token;
-        let mut tokens = || {
-            let t = Token(*next_token);
-            *next_token += 1;
-            t
-        };
+        let mut tokens = token_counter(&mut self.next_token);
         self.envoy
             .start_cycle(snap, self.poll.registry(), now, self.interval, &mut tokens);
     }
@@ -412,16 +396,12 @@ impl Agent {
     /// Asks the route source again (`force`: SIGHUP, read the file even if unchanged). A
     /// database fetch answers later, through [`Agent::source_done`].
     fn refresh_routes(&mut self, force: bool, now: Instant) {
-        let next_token = &mut self.next_token;
-        let mut tokens = || {
-            let t = Token(*next_token);
-            *next_token += 1;
-            t
-        };
-        if let Some(done) = self
+        let mut tokens = token_counter(&mut self.next_token);
+        let done = self
             .source
-            .begin(force, now, self.poll.registry(), &mut tokens)
-        {
+            .begin(force, now, self.poll.registry(), &mut tokens);
+        drop(tokens);
+        if let Some(done) = done {
             self.source_done(done, now);
         }
     }
@@ -622,8 +602,7 @@ impl Agent {
                 http::refuse(stream);
                 continue;
             }
-            let token = Token(self.next_token);
-            self.next_token += 1;
+            let token = token_counter(&mut self.next_token)();
             let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
                 log::warn!("{kind:?}: cannot register a connection: {e}");
@@ -720,6 +699,15 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// Hands out the next token of the counter (tokens are never reused).
+fn token_counter(next: &mut usize) -> impl FnMut() -> Token + '_ {
+    move || {
+        let t = Token(*next);
+        *next += 1;
+        t
     }
 }
 
