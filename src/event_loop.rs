@@ -134,9 +134,6 @@ pub struct Agent {
     /// The route set was just read outside a cycle (SIGHUP, a late fetch) and the cycle
     /// restarted with it: the next cycle need not read the source again.
     routes_fresh: bool,
-    /// The source has answered once (found this VPS or not): a first "not registered" is
-    /// worth a warning.
-    source_answered: bool,
     snapshot: RefCell<Snapshot>,
 }
 
@@ -218,7 +215,6 @@ impl Agent {
             source,
             cycle_waits: None,
             routes_fresh: false,
-            source_answered: false,
             snapshot: RefCell::new(snapshot),
         })
     }
@@ -409,55 +405,13 @@ impl Agent {
     /// The route source answered: apply it; start the cycle that waited for it, or (a read
     /// outside a cycle, e.g. SIGHUP) start over if the set changed under a cycle in progress.
     fn source_done(&mut self, (refresh, took): (Refresh, Duration), now: Instant) {
-        let changed = self.apply(refresh, took);
+        let changed = self.snapshot.borrow_mut().apply(refresh, took);
         if self.cycle_waits.take().is_some() {
             self.start_cycle(now);
         } else if changed {
             self.routes_fresh = true;
             self.prober.restart(self.poll.registry(), now);
         }
-    }
-
-    /// Applies a read of the route source to the snapshot. Returns whether the set changed.
-    fn apply(&mut self, refresh: Refresh, took: Duration) -> bool {
-        let snap = &mut *self.snapshot.borrow_mut();
-        let routes = match refresh {
-            Refresh::Unchanged => return false,
-            Refresh::Routes(routes) => {
-                snap.source.vps_registered = true;
-                self.source_answered = true;
-                routes
-            }
-            Refresh::NotRegistered(message) => {
-                if snap.source.vps_registered || !self.source_answered {
-                    log::warn!("{message}");
-                }
-                self.source_answered = true;
-                snap.source.vps_registered = false;
-                Vec::new()
-            }
-            Refresh::Failed(message) => {
-                snap.source.up = false;
-                snap.source.errors_total += 1;
-                snap.source.fetch_duration = Some(took);
-                log::warn!(
-                    "{message}; keeping the {} routes already known",
-                    snap.routes.len()
-                );
-                return false;
-            }
-        };
-        if !snap.source.up {
-            log::info!("route source is back");
-        }
-        snap.source.up = true;
-        snap.source.fetch_duration = Some(took);
-        let count = routes.len();
-        let changed = snap.set_routes(routes);
-        if changed {
-            log::info!("route set changed: {count} routes");
-        }
-        changed
     }
 
     /// Drives the connection (or stdio) behind `token` after an event or a yield.
