@@ -38,7 +38,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::config::{MAX_PROBE_TIMEOUT, MIN_PROBE_TIMEOUT};
-use crate::dns::{DnsFailure, Lookup, Resolver, Start};
+use crate::dns::{is_agent_shortage, DnsFailure, Lookup, Resolver, Start};
 use crate::route::{ClusterType, Route};
 use crate::snapshot::{AddressCount, Change, Outcome, ProbeResult, Reason, Snapshot};
 
@@ -116,6 +116,9 @@ enum Stage {
 /// What an in-flight probe needs, found by [`Prober::step`].
 enum Step {
     Wait(InFlight),
+    /// The lookup could not be run for want of the agent's own resources: not the
+    /// backend's failure (see [`Prober::skip`]).
+    Skip(InFlight, DnsFailure),
     /// The current attempt ended (its socket is closed): conclude it.
     Done(InFlight, ProbeResult),
     Connect(InFlight, IpAddr, Duration),
@@ -257,6 +260,7 @@ impl Prober {
                         return Advance::Wait;
                     }
                     Step::Done(f, result) => self.conclude(f, result, now, snap, wall),
+                    Step::Skip(f, e) => self.skip(snap, f.index, &e),
                     Step::Connect(f, ip, dns) => {
                         let address = SocketAddr::new(ip, f.port);
                         self.connect(registry, snap, f, address, Some(dns), now, wall, next_token);
@@ -320,6 +324,7 @@ impl Prober {
                     let dns = Some(looked_up.elapsed());
                     self.connect(registry, snap, f, address, dns, now, wall, next_token);
                 }
+                Start::Done(Err(e @ DnsFailure::Local(_))) => self.skip(snap, index, &e),
                 Start::Done(Err(e)) => {
                     record(snap, index, dns_failure(looked_up.elapsed(), &e), wall)
                 }
@@ -430,7 +435,7 @@ impl Prober {
 
     /// A probe of route `index` not run for want of the agent's own resources: counted apart,
     /// the route keeps its last result, and a warning is logged when such a run starts.
-    fn skip(&mut self, snap: &mut Snapshot, index: usize, e: &io::Error) {
+    fn skip(&mut self, snap: &mut Snapshot, index: usize, e: &dyn std::fmt::Display) {
         snap.agent_errors.probe += 1;
         if self.skipped == 0 {
             let route = snap.routes.get(index).map_or_else(String::new, |s| {
@@ -578,6 +583,10 @@ impl Prober {
                         self.conclude(f, result, now, snap, wall);
                         return true;
                     }
+                    Step::Skip(f, e) => {
+                        self.skip(snap, f.index, &e);
+                        return true;
+                    }
                     Step::Wait(f) => {
                         self.inflight = Some(f);
                         return false;
@@ -648,7 +657,10 @@ fn lookup_done(
         Ok(ip) => Step::Connect(f, ip, dns),
         Err(e) => {
             close(std::mem::replace(&mut f.stage, Stage::New), registry);
-            Step::Done(f, dns_failure(dns, &e))
+            match e {
+                DnsFailure::Local(_) => Step::Skip(f, e),
+                e => Step::Done(f, dns_failure(dns, &e)),
+            }
         }
     }
 }
@@ -756,15 +768,6 @@ pub fn reason_for(e: &io::Error) -> Reason {
         Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => Reason::Unreachable,
         _ => Reason::Error,
     }
-}
-
-/// The agent itself is short of something a socket needs: descriptors (EMFILE for the
-/// process, ENFILE for the system), buffers or memory. Not a fact about the backend.
-fn is_agent_shortage(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// A connect error only an established connection can get: reset (ECONNRESET) or, after the

@@ -473,15 +473,22 @@ fn accept_then_reset_is_reachable_every_time() {
     );
 }
 
-/// The agent out of file descriptors cannot open probe sockets: that is its own failure, not
-/// the backends'. They keep their last state; the shortage is counted apart and logged once.
+/// The agent out of file descriptors cannot open probe sockets, nor the sockets of name
+/// lookups: that is its own failure, not the backends'. They keep their last state; the
+/// shortage is counted apart and logged once.
 #[test]
 fn the_agents_fd_shortage_is_not_a_backend_failure() {
     let port = closing_backend(false);
     let b = format!("127.0.0.1:{port}");
-    let lines: Vec<String> = (0..20)
+    let dns = common::dns_server::DnsServer::start();
+    let v4 = vec![std::net::Ipv4Addr::LOCALHOST];
+    let addrs = common::dns_server::Behavior::Addrs { v4, v6: vec![] };
+    dns.set("svc.test", addrs, 1); // cached 5 s, the resolver's shortest
+    let named = format!("svc.test:{port}");
+    let mut lines: Vec<String> = (0..20)
         .map(|i| format!("n1 r{i} {} {b}", 10_000 + i))
         .collect();
+    lines.push(format!("n1 named 10100 {named}"));
     let routes = write_routes("emfile", &lines);
     let mut cmd = Command::new(BIN);
     limit_open_files(&mut cmd, 32);
@@ -493,15 +500,19 @@ fn the_agents_fd_shortage_is_not_a_backend_failure() {
             "100ms",
             "--routes-file",
             routes.path(),
+            "--dns-server",
+            &dns.addr().to_string(),
         ],
     );
     agent.wait_metrics(Duration::from_secs(5), |m| {
         sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 1.0
     });
-    // Take every descriptor the agent has left with silent connections.
+    let queries = dns.queries("svc.test");
+    // Take every descriptor the agent has left with silent connections, past the cached
+    // answer's 5 s, then give them back and look.
     let silent: Vec<TcpStream> = (0..40).filter_map(|_| connect(agent.http)).collect();
-    // Ten cycles' time short of descriptors, then give them back and look.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(dns.queries("svc.test"), queries, "a lookup had a socket");
     drop(silent);
     std::thread::sleep(Duration::from_millis(300));
     let m = agent.metrics();
@@ -519,6 +530,8 @@ fn the_agents_fd_shortage_is_not_a_backend_failure() {
         !m.contains("sigma_backend_probe_failures_total{"),
         "the agent's own shortage counted as backend failures:\n{m}"
     );
+    let s = series("sigma_backend_reachable", "n1", "named", 10100, &named);
+    assert_eq!(sample(&m, &s), Some(1.0), "{s}\n{m}");
     assert!(
         sample(&m, "sigma_agent_resource_errors_total{op=\"probe\"}").unwrap() >= 1.0,
         "{m}"

@@ -84,7 +84,7 @@ impl Cache {
         let (result, lifetime) = match result {
             Ok(addrs) if addrs.is_empty() => (Err(DnsFailure::NoAddress), NEGATIVE_TTL),
             Ok(addrs) => (Ok(addrs), Cache::positive_lifetime(ttl)),
-            Err(DnsFailure::Timeout) | Err(DnsFailure::Error(_)) => return,
+            Err(DnsFailure::Timeout | DnsFailure::Error(_) | DnsFailure::Local(_)) => return,
             Err(negative) => (Err(negative), NEGATIVE_TTL),
         };
         let key = (normalize_name(name), family);

@@ -550,6 +550,11 @@ impl Lookup {
             };
             match opened {
                 Ok(()) => return None,
+                // No socket for want of the agent's own resources: other servers would fare
+                // no better, and it says nothing about the name.
+                Err(e) if super::is_agent_shortage(&e) => {
+                    action = Action::Done(Err(DnsFailure::Local(format!("dns socket: {e}"))))
+                }
                 Err(e) => {
                     action = self
                         .session

@@ -173,6 +173,9 @@ pub enum DnsFailure {
     Timeout,
     NoAddress,
     Error(String),
+    /// The agent could not open a socket for the query (out of descriptors, buffers or
+    /// memory): its own failure, which says nothing about the name. Never cached.
+    Local(String),
 }
 
 impl DnsFailure {
@@ -184,14 +187,25 @@ impl DnsFailure {
             DnsFailure::Timeout => "timeout",
             DnsFailure::NoAddress => "no address",
             DnsFailure::Error(_) => "error",
+            DnsFailure::Local(_) => "local",
         }
     }
+}
+
+/// The agent itself is short of something a socket needs: descriptors (EMFILE for the
+/// process, ENFILE for the system), buffers or memory. Not a fact about a name or a backend.
+pub fn is_agent_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 impl fmt::Display for DnsFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DnsFailure::Error(msg) => write!(f, "error: {msg}"),
+            DnsFailure::Local(msg) => write!(f, "local: {msg}"),
             other => f.write_str(other.as_str()),
         }
     }
