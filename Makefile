@@ -40,10 +40,12 @@ ops:
 install-check:
 	scripts/check-install.sh
 
-# The official MCP Python SDK (PyPI `mcp`, in a virtualenv) against --mcp-stdio.
+# The official MCP Python SDK (PyPI `mcp`, in a virtualenv) against --mcp-stdio and --mcp-http;
+# MCP Inspector's CLI and the TypeScript SDK (npm, on Node 22) against --mcp-http.
 interop:
 	$(CARGO) build
 	tests/mcp_interop.sh
+	tests/mcp_http_clients.sh
 
 # `make fleet` in small: 4 agents, 30 s, both restarts; checks that it all works, not the figures.
 fleet-smoke:

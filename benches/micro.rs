@@ -19,6 +19,7 @@ use sigma_agent_lite::json;
 use sigma_agent_lite::mcp;
 use sigma_agent_lite::metrics::{self, ProcessStats};
 use sigma_agent_lite::route::{self, Route};
+use sigma_agent_lite::scrape_cache::ScrapeCache;
 use sigma_agent_lite::snapshot::{Outcome, ProbeResult, Reason, Snapshot};
 
 /// Samples per benchmark; the median of these is the result.
@@ -128,13 +129,7 @@ fn filled_snapshot(n: usize) -> Snapshot {
 
 fn bench_render(n: usize) -> Result {
     let snap = filled_snapshot(n);
-    let process = ProcessStats {
-        resident_bytes: Some(2_000_000),
-        cpu_seconds: Some(1.25),
-        open_fds: Some(9),
-        max_fds: Some(1024),
-        log_lines_dropped: 0,
-    };
+    let process = process_figures();
     // The HTTP connection reuses its buffer between scrapes; so does this.
     let mut out = Vec::new();
     metrics::render(&snap, &process, &mut out);
@@ -145,6 +140,59 @@ fn bench_render(n: usize) -> Result {
         black_box(&out);
     });
     r.name = format!("{} ({} KiB)", r.name, size / 1024);
+    r
+}
+
+fn process_figures() -> ProcessStats {
+    ProcessStats {
+        resident_bytes: Some(2_000_000),
+        cpu_seconds: Some(1.25),
+        open_fds: Some(9),
+        max_fds: Some(1024),
+        virtual_bytes: Some(9_000_000),
+        virtual_max_bytes: Some(u64::MAX),
+        log_lines_dropped: 0,
+    }
+}
+
+/// A change of the snapshot as a gzip scrape pays for it once: render the snapshot part and
+/// deflate it (level 6) — what every gzip scrape would cost without the cache.
+fn bench_render_gzip(n: usize) -> Result {
+    let mut snap = filled_snapshot(n);
+    let process = process_figures();
+    let mut cache = ScrapeCache::new();
+    let mut out = Vec::new();
+    cache.write(&snap, &process, true, &mut out);
+    let size = out.len();
+    let mut r = bench(&format!("render + gzip /metrics, {n} routes"), || {
+        snap.touch();
+        out.clear();
+        cache.write(black_box(&snap), black_box(&process), true, &mut out);
+        black_box(&out);
+    });
+    r.name = format!("{} ({} KiB)", r.name, size / 1024);
+    r.output_bytes = Some(size);
+    r
+}
+
+/// A scrape served from the cache (snapshot unchanged): copy the cached part, render and
+/// (for gzip) deflate the process tail, append the trailer.
+fn bench_cached_scrape(n: usize, gzip: bool) -> Result {
+    let snap = filled_snapshot(n);
+    let process = process_figures();
+    let mut cache = ScrapeCache::new();
+    let mut out = Vec::new();
+    cache.write(&snap, &process, gzip, &mut out);
+    let size = out.len();
+    let form = if gzip { "gzip" } else { "identity" };
+    let mut r = bench(&format!("cached scrape, {form}, {n} routes"), || {
+        out.clear();
+        cache.write(black_box(&snap), black_box(&process), gzip, &mut out);
+        black_box(&out);
+    });
+    assert_eq!(cache.renders, 1);
+    r.name = format!("{} ({} KiB)", r.name, size / 1024);
+    r.output_bytes = Some(size);
     r
 }
 
@@ -374,9 +422,23 @@ fn main() {
     // `cargo bench` passes `--bench`; anything else not starting with `-` filters by name.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     type Bench = (&'static str, fn() -> Result);
-    let benches: [Bench; 10] = [
+    let benches: [Bench; 16] = [
         ("render_1000", || bench_render(1_000)),
         ("render_10000", || bench_render(10_000)),
+        ("render_gzip_1000", || bench_render_gzip(1_000)),
+        ("render_gzip_10000", || bench_render_gzip(10_000)),
+        ("cached_scrape_identity_1000", || {
+            bench_cached_scrape(1_000, false)
+        }),
+        ("cached_scrape_gzip_1000", || {
+            bench_cached_scrape(1_000, true)
+        }),
+        ("cached_scrape_identity_10000", || {
+            bench_cached_scrape(10_000, false)
+        }),
+        ("cached_scrape_gzip_10000", || {
+            bench_cached_scrape(10_000, true)
+        }),
         ("parse_head", bench_parse_head),
         ("parse_routes_1000", || bench_parse_routes(1_000)),
         ("parse_routes_10000", || bench_parse_routes(10_000)),

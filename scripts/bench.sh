@@ -14,6 +14,10 @@
 #      (silent server, SIGSTOPped server, table lock, silent DNS for the database host name):
 #      scrape latency p50/p99/max and probe cycles during each 10-s fault, and the recovery
 #   3. a table with PASS/FAIL per target, and every figure as JSON in target/bench.json
+#   4. scrape load (examples/scrapebench.rs): 100 concurrent keep-alive scrapers of agents with
+#      1,000 and 10,000 routes, identity and gzip, the binary from before the cached /metrics
+#      body (BENCH_BEFORE_REV, built from main's history) beside the current one: scrape and
+#      /healthz p50/p99, CPU and bytes per scrape (target/bench-scrape.json)
 #
 # All traffic stays on loopback (127.0.0.1); every loop is bounded. Takes ~4.5-5 minutes
 # (plus the first build). Not part of `make test`.
@@ -54,6 +58,11 @@ export BENCH_WINDOW=${BENCH_WINDOW:-8}
 export BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 export BENCH_MICRO_JSON=$TARGET_DIR/bench-micro.json
 export BENCH_JSON=$TARGET_DIR/bench.json
+# Scrape load (examples/scrapebench.rs): routes per agent, concurrent scrapers, seconds per run.
+export BENCH_SCRAPE_ROUTES=${BENCH_SCRAPE_ROUTES:-1000,10000}
+export BENCH_SCRAPERS=${BENCH_SCRAPERS:-100}
+export BENCH_SCRAPE_WINDOW=${BENCH_SCRAPE_WINDOW:-5}
+export BENCH_SCRAPE_JSON=$TARGET_DIR/bench-scrape.json
 
 # blackbox_exporter: Debian installs it as prometheus-blackbox-exporter.
 BENCH_BLACKBOX=${BENCH_BLACKBOX:-$(command -v prometheus-blackbox-exporter || command -v blackbox_exporter || true)}
@@ -73,8 +82,26 @@ fi
 ulimit -n "$want"
 
 echo "== building (release) =="
+# The binary from before the cached /metrics body, from main's history, for the scrape-load
+# comparison (built in the same target dir first, so the dependencies are shared, and copied
+# aside). BENCH_BEFORE_REV picks another revision.
+BEFORE_REV=${BENCH_BEFORE_REV:-e391805}
+BEFORE_BIN=$WORK/sigma-agent-lite-before
+if [[ ! -x $BEFORE_BIN || $(cat "$BEFORE_BIN.rev" 2>/dev/null) != "$BEFORE_REV" ]]; then
+    if git cat-file -e "$BEFORE_REV^{commit}" 2>/dev/null; then
+        rm -rf "$WORK/before-src" && mkdir -p "$WORK/before-src"
+        git archive "$BEFORE_REV" | tar -x -C "$WORK/before-src"
+        (cd "$WORK/before-src" && SIGMA_REVISION=$BEFORE_REV $CARGO build --release --quiet \
+            --target-dir "$(realpath "$TARGET_DIR")")
+        cp "$TARGET_DIR/release/sigma-agent-lite" "$BEFORE_BIN"
+        echo "$BEFORE_REV" > "$BEFORE_BIN.rev"
+    else
+        echo "NOTE: revision $BEFORE_REV is not in this clone: the scrape-load 'before' column is n/a"
+        BEFORE_BIN=
+    fi
+fi
 $CARGO build --release --quiet
-$CARGO build --release --quiet --example benchkit --example floor
+$CARGO build --release --quiet --example benchkit --example floor --example scrapebench
 
 echo
 echo "== micro-benchmarks (benches/micro.rs) =="
@@ -190,6 +217,12 @@ echo
 echo "== whole agent (examples/benchkit.rs), loopback only =="
 "$TARGET_DIR/release/examples/benchkit" "$TARGET_DIR/release/sigma-agent-lite" \
     "$TARGET_DIR/release/examples/floor" "$WORK"
+
+echo
+echo "== scrape load: $BENCH_SCRAPERS concurrent scrapers, before/after the cached body (examples/scrapebench.rs) =="
+if [[ -n $BEFORE_BIN ]]; then
+    "$TARGET_DIR/release/examples/scrapebench" "$BEFORE_BIN" "$TARGET_DIR/release/sigma-agent-lite" "$WORK"
+fi
 
 echo
 echo "make bench took $((SECONDS - started)) s"

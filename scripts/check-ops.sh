@@ -57,6 +57,8 @@ sigma_agent_resource_errors_total
 sigma_log_lines_dropped_total
 sigma_build_info
 process_resident_memory_bytes
+process_virtual_memory_bytes
+process_virtual_memory_max_bytes
 process_cpu_seconds_total
 process_open_fds
 process_max_fds
@@ -65,7 +67,8 @@ process_start_time_seconds
 # The agent's documented environment variables.
 AGENT_VARS="AGENT_HEALTH_PROBE AGENT_HEALTH_PROBE_INTERVAL AGENT_HEALTH_PROBE_TIMEOUT
 AGENT_ROUTES_FILE AGENT_METRICS_LISTEN AGENT_METRICS_PORT AGENT_DATABASE_URL
-AGENT_HOSTNAME AGENT_MCP_STDIO AGENT_MCP_LISTEN AGENT_DNS_SERVER RUST_LOG"
+AGENT_HOSTNAME AGENT_MCP_STDIO AGENT_MCP_LISTEN AGENT_DNS_SERVER AGENT_WEB_TLS_CERT
+AGENT_WEB_TLS_KEY AGENT_WEB_CLIENT_CA AGENT_WEB_AUTH_TOKEN_FILE RUST_LOG"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::web_tls::WebSecurityConfig;
+
 /// The seed's `MAX_PROBE_TIMEOUT_SECS`: no probe waits longer, whatever is asked, so one stuck
 /// backend can never stall the cycle for long.
 pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -56,6 +58,18 @@ OPTIONS (each has an environment fallback; the flag wins):
                                       env AGENT_METRICS_LISTEN, default 0.0.0.0:9102
     --metrics-port PORT               Keep the listen address, change the port; 0 turns the
                                       HTTP listener off. env AGENT_METRICS_PORT
+    --web-tls-cert PATH               Serve the HTTP listener over TLS with this PEM certificate
+                                      chain (with --web-tls-key). Re-read on SIGHUP.
+                                      env AGENT_WEB_TLS_CERT (builds with the tls feature)
+    --web-tls-key PATH                The PEM private key of --web-tls-cert (PKCS#8, PKCS#1 or
+                                      SEC1). env AGENT_WEB_TLS_KEY
+    --web-client-ca PATH              Require client certificates signed by a CA in this PEM
+                                      file (mutual TLS; needs --web-tls-cert).
+                                      env AGENT_WEB_CLIENT_CA
+    --web-auth-token-file PATH        /metrics needs `Authorization: Bearer <token>`, the token
+                                      being this file's content (surrounding whitespace
+                                      ignored); else 401. /healthz, /-/healthy, /-/ready stay
+                                      open. Re-read on SIGHUP. env AGENT_WEB_AUTH_TOKEN_FILE
     --database-url URL                Read the routes from the fleet's PostgreSQL instead of a
                                       file: postgresql://USER@HOST:PORT/DB or key=value form.
                                       The password may come from PGPASSWORD or a password
@@ -69,6 +83,9 @@ OPTIONS (each has an environment fallback; the flag wins):
     --mcp-listen ADDR:PORT            Serve MCP over TCP, same framing; keep it on loopback
                                       (127.0.0.1:9103) unless you mean otherwise.
                                       env AGENT_MCP_LISTEN, default off
+    --mcp-http                        Serve MCP over Streamable HTTP at POST /mcp on the HTTP
+                                      listener (its TLS and token apply).
+                                      env AGENT_MCP_HTTP (1/true/0/false), default off
     --dns-server ADDR:PORT            Name server for backend host names, instead of those in
                                       /etc/resolv.conf (/etc/hosts is still read first).
                                       env AGENT_DNS_SERVER
@@ -102,6 +119,10 @@ pub struct Config {
     pub mcp_stdio: bool,
     /// Serve MCP over TCP.
     pub mcp_listen: Option<SocketAddr>,
+    /// Serve MCP over Streamable HTTP (`POST /mcp`) on the HTTP listener.
+    pub mcp_http: bool,
+    /// TLS and token for the HTTP listener.
+    pub web: WebSecurityConfig,
 }
 
 /// The database source's settings. `Debug` shows no secret.
@@ -163,6 +184,11 @@ pub struct Env {
     pub dns_server: Option<String>,
     pub mcp_stdio: Option<String>,
     pub mcp_listen: Option<String>,
+    pub mcp_http: Option<String>,
+    pub web_tls_cert: Option<OsString>,
+    pub web_tls_key: Option<OsString>,
+    pub web_client_ca: Option<OsString>,
+    pub web_auth_token_file: Option<OsString>,
     pub database_url: Option<String>,
     pub pgpassword: Option<String>,
     pub pgpassfile: Option<OsString>,
@@ -177,6 +203,7 @@ impl Env {
     /// Reads the process environment. An empty variable counts as unset.
     pub fn from_process() -> Env {
         let s = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let os = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         Env {
             health_probe: s("AGENT_HEALTH_PROBE"),
             interval: s("AGENT_HEALTH_PROBE_INTERVAL"),
@@ -187,6 +214,11 @@ impl Env {
             dns_server: s("AGENT_DNS_SERVER"),
             mcp_stdio: s("AGENT_MCP_STDIO"),
             mcp_listen: s("AGENT_MCP_LISTEN"),
+            mcp_http: s("AGENT_MCP_HTTP"),
+            web_tls_cert: os("AGENT_WEB_TLS_CERT"),
+            web_tls_key: os("AGENT_WEB_TLS_KEY"),
+            web_client_ca: os("AGENT_WEB_CLIENT_CA"),
+            web_auth_token_file: os("AGENT_WEB_AUTH_TOKEN_FILE"),
             database_url: s("AGENT_DATABASE_URL"),
             pgpassword: s("PGPASSWORD"),
             pgpassfile: std::env::var_os("PGPASSFILE").filter(|v| !v.is_empty()),
@@ -213,8 +245,13 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     let mut dns_server: Option<String> = None;
     let mut mcp_stdio: Option<bool> = None;
     let mut mcp_listen: Option<String> = None;
+    let mut mcp_http: Option<bool> = None;
     let mut database_url: Option<String> = None;
     let mut hostname: Option<String> = None;
+    let mut web_tls_cert: Option<PathBuf> = None;
+    let mut web_tls_key: Option<PathBuf> = None;
+    let mut web_client_ca: Option<PathBuf> = None;
+    let mut web_auth_token_file: Option<PathBuf> = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -233,8 +270,13 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
             Long("database-url") => database_url = Some(string(&mut parser, "--database-url")?),
             Long("hostname") => hostname = Some(string(&mut parser, "--hostname")?),
             Long("mcp-stdio") => mcp_stdio = Some(true),
+            Long("mcp-http") => mcp_http = Some(true),
             Long("mcp-listen") => mcp_listen = Some(string(&mut parser, "--mcp-listen")?),
             Long("dns-server") => dns_server = Some(string(&mut parser, "--dns-server")?),
+            Long("web-tls-cert") => web_tls_cert = Some(parser.value()?.into()),
+            Long("web-tls-key") => web_tls_key = Some(parser.value()?.into()),
+            Long("web-client-ca") => web_client_ca = Some(parser.value()?.into()),
+            Long("web-auth-token-file") => web_auth_token_file = Some(parser.value()?.into()),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -244,6 +286,7 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
     // Environment fallbacks, all here.
     let health_probe = flag_or_env(health_probe, env.health_probe, "AGENT_HEALTH_PROBE")?;
     let mcp_stdio = flag_or_env(mcp_stdio, env.mcp_stdio, "AGENT_MCP_STDIO")?;
+    let mcp_http = flag_or_env(mcp_http, env.mcp_http, "AGENT_MCP_HTTP")?;
     let (mcp_listen, mcp_src) = pick(
         mcp_listen,
         env.mcp_listen,
@@ -263,6 +306,39 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         "AGENT_HEALTH_PROBE_TIMEOUT",
     );
     let routes_file = routes_file.or(env.routes_file.map(PathBuf::from));
+    let web = WebSecurityConfig {
+        tls_cert: web_tls_cert.or(env.web_tls_cert.map(PathBuf::from)),
+        tls_key: web_tls_key.or(env.web_tls_key.map(PathBuf::from)),
+        client_ca: web_client_ca.or(env.web_client_ca.map(PathBuf::from)),
+        token_file: web_auth_token_file.or(env.web_auth_token_file.map(PathBuf::from)),
+    };
+    if (web.tls_cert.is_some() || web.tls_key.is_some() || web.client_ca.is_some())
+        && !cfg!(feature = "tls")
+    {
+        return Err(UsageError(
+            "--web-tls-cert, --web-tls-key and --web-client-ca (or AGENT_WEB_TLS_*, AGENT_WEB_CLIENT_CA) need a build with the tls feature (this one was built without it); --web-auth-token-file works without TLS but sends the token in clear".into(),
+        ));
+    }
+    match (&web.tls_cert, &web.tls_key) {
+        (Some(_), None) => {
+            return Err(UsageError(
+                "--web-tls-cert (or AGENT_WEB_TLS_CERT) needs --web-tls-key (or AGENT_WEB_TLS_KEY)"
+                    .into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(UsageError(
+                "--web-tls-key (or AGENT_WEB_TLS_KEY) needs --web-tls-cert (or AGENT_WEB_TLS_CERT)"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
+    if web.client_ca.is_some() && web.tls_cert.is_none() {
+        return Err(UsageError(
+            "--web-client-ca (or AGENT_WEB_CLIENT_CA) needs --web-tls-cert and --web-tls-key: client certificates come with TLS".into(),
+        ));
+    }
     let (metrics_listen, listen_src) = pick(
         metrics_listen,
         env.metrics_listen,
@@ -396,6 +472,8 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
         database,
         mcp_stdio,
         mcp_listen,
+        mcp_http,
+        web,
     }))
 }
 
@@ -634,6 +712,46 @@ mod tests {
                 .0
                 .contains("needs a build with the postgres feature"));
         }
+    }
+
+    #[test]
+    fn web_security_flags_and_env() {
+        let env = Env {
+            web_tls_cert: Some("/env/cert.pem".into()),
+            web_tls_key: Some("/env/key.pem".into()),
+            web_auth_token_file: Some("/env/token".into()),
+            ..Env::default()
+        };
+        let result = parse(&["--web-tls-key", "/flag/key.pem"], env);
+        if cfg!(feature = "tls") {
+            let Ok(Command::Run(c)) = result else {
+                panic!("{result:?}")
+            };
+            assert_eq!(c.web.tls_cert, Some("/env/cert.pem".into()));
+            assert_eq!(c.web.tls_key, Some("/flag/key.pem".into()));
+            assert_eq!(c.web.token_file, Some("/env/token".into()));
+            assert_eq!(c.web.client_ca, None);
+            for (args, want) in [
+                (&["--web-tls-cert", "c"][..], "needs --web-tls-key"),
+                (&["--web-tls-key", "k"][..], "needs --web-tls-cert"),
+                (
+                    &["--web-client-ca", "ca"][..],
+                    "needs --web-tls-cert and --web-tls-key",
+                ),
+            ] {
+                let e = parse(args, Env::default()).unwrap_err();
+                assert!(e.0.contains(want), "{args:?}: {e}");
+            }
+        } else {
+            assert!(result
+                .unwrap_err()
+                .0
+                .contains("need a build with the tls feature"));
+        }
+        // The token alone works in every build.
+        let c = run(&["--web-auth-token-file", "/t"]);
+        assert_eq!(c.web.token_file, Some("/t".into()));
+        assert_eq!(c.web.tls_cert, None);
     }
 
     #[test]

@@ -262,6 +262,7 @@ pub fn apply(
     bytes: usize,
     wall: SystemTime,
 ) {
+    snap.touch(); // the fields below are written directly (the /metrics cache follows)
     let Some(n) = snap
         .envoy_nodes
         .iter_mut()
@@ -323,6 +324,7 @@ pub fn apply(
 /// Makes `snap.envoy_nodes` one entry per (node, admin port) of the routes, in route order,
 /// keeping the state of entries that stay.
 fn sync_nodes(snap: &mut Snapshot) {
+    snap.touch();
     let mut wanted: Vec<(&str, u16)> = Vec::new();
     for s in &snap.routes {
         if let Some(port) = s.route.admin_port {

@@ -23,10 +23,12 @@ use crate::http;
 use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
 use crate::prober::{Advance, Prober};
+use crate::scrape_cache::ScrapeCache;
 use crate::signals::Signals;
 use crate::snapshot::Snapshot;
 use crate::source::{Refresh, RouteSource};
 use crate::stdio::{StdIn, StdOut};
+use crate::web_tls::{WebSecurity, WebSecurityConfig};
 
 const SIGNALS: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
@@ -135,6 +137,13 @@ pub struct Agent {
     /// restarted with it: the next cycle need not read the source again.
     routes_fresh: bool,
     snapshot: RefCell<Snapshot>,
+    /// The /metrics body rendered for the snapshot's current generation.
+    scrape_cache: ScrapeCache,
+    /// TLS and token of the HTTP listener, and the files they come from (re-read on SIGHUP).
+    security: WebSecurity,
+    security_config: WebSecurityConfig,
+    /// `--mcp-http`: MCP over Streamable HTTP on the HTTP listener.
+    mcp_http: bool,
 }
 
 impl Agent {
@@ -152,6 +161,8 @@ impl Agent {
         signals
             .register(poll.registry(), SIGNALS)
             .map_err(|e| RuntimeError(format!("cannot watch signals: {e}")))?;
+        // Read before binding: a bad certificate or token file fails before anything listens.
+        let security = WebSecurity::load(&config.web).map_err(RuntimeError)?;
         let http_listener = match config.metrics_listen {
             None => None,
             Some(addr) => Some(listen(&poll, addr, HTTP_LISTENER, "--metrics-listen")?),
@@ -216,6 +227,10 @@ impl Agent {
             cycle_waits: None,
             routes_fresh: false,
             snapshot: RefCell::new(snapshot),
+            scrape_cache: ScrapeCache::new(),
+            security,
+            security_config: config.web.clone(),
+            mcp_http: config.mcp_http,
         })
     }
 
@@ -271,6 +286,7 @@ impl Agent {
                         if pending.reload {
                             log::info!("SIGHUP: re-reading the route source");
                             self.refresh_routes(true, now);
+                            self.reload_security();
                         }
                     }
                     HTTP_LISTENER => self.accept(Kind::Http, now),
@@ -389,6 +405,22 @@ impl Agent {
             .start_cycle(snap, self.poll.registry(), now, self.interval, &mut tokens);
     }
 
+    /// Re-reads the listener's certificate, key, client CA and token files (SIGHUP). New
+    /// connections use them; on any error the previous settings stay.
+    fn reload_security(&mut self) {
+        let c = &self.security_config;
+        if c.tls_cert.is_none() && c.token_file.is_none() {
+            return;
+        }
+        match WebSecurity::load(c) {
+            Ok(security) => {
+                log::info!("SIGHUP: re-read the HTTP listener's TLS and token files");
+                self.security = security;
+            }
+            Err(e) => log::error!("SIGHUP: {e}; keeping the previous TLS and token settings"),
+        }
+    }
+
     /// Asks the route source again (`force`: SIGHUP, read the file even if unchanged). A
     /// database fetch answers later, through [`Agent::source_done`].
     fn refresh_routes(&mut self, force: bool, now: Instant) {
@@ -450,7 +482,16 @@ impl Agent {
         let close = match self.entries.get_mut(&token) {
             None => false,
             Some(Entry::Http(conn)) => {
-                conn.drive(now, &snap, &ProcessStats::read, in_flight) == http::Status::Close
+                let mut serve = http::Serve {
+                    snap: &snap,
+                    cache: &mut self.scrape_cache,
+                    security: &self.security,
+                    process: &ProcessStats::read,
+                    in_flight,
+                    mcp_http: self.mcp_http,
+                    wall: SystemTime::now(),
+                };
+                conn.drive(now, &mut serve) == http::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;
@@ -522,7 +563,11 @@ impl Agent {
                     if !has_queued(listener) {
                         return;
                     }
-                    self.snapshot.borrow_mut().agent_errors.accept += 1;
+                    {
+                        let mut snap = self.snapshot.borrow_mut();
+                        snap.agent_errors.accept += 1;
+                        snap.touch();
+                    }
                     if !self.fd_short {
                         self.fd_short = true;
                         log::warn!(
@@ -564,7 +609,13 @@ impl Agent {
             }
             log::debug!("{kind:?}: {peer} connected");
             let entry = match kind {
-                Kind::Http => Entry::Http(http::Conn::new(stream, now)),
+                Kind::Http => match self.http_conn(stream, now) {
+                    Ok(conn) => Entry::Http(conn),
+                    Err(e) => {
+                        log::warn!("Http: cannot start TLS for {peer}: {e}");
+                        continue;
+                    }
+                },
                 Kind::Mcp => Entry::Mcp(McpConn {
                     stream,
                     peer: Peer::new(),
@@ -575,6 +626,15 @@ impl Agent {
             // Edge-triggered: bytes that arrived with the connection must be read now.
             self.drive(token, now);
         }
+    }
+
+    /// A new HTTP connection: TLS when the listener has a certificate.
+    fn http_conn(&self, stream: mio::net::TcpStream, now: Instant) -> io::Result<http::Conn> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.security.tls {
+            return http::Conn::with_tls(stream, config.clone(), now);
+        }
+        Ok(http::Conn::new(stream, now))
     }
 
     /// Out of descriptors with none to free: closes the reserve descriptor, accepts one queued

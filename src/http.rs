@@ -1,23 +1,53 @@
-//! HTTP/1.1 for `/metrics`, `/healthz` and `/`: a pure request-head parser, the responses,
-//! and the per-connection state the event loop drives.
+//! HTTP/1.1 for `/metrics`, `/healthz`, `/-/healthy`, `/-/ready` and `/`: a pure request-head
+//! parser, the responses, and the per-connection state the event loop drives.
 //!
-//! Only GET and HEAD of three fixed paths are served, so a request body is never needed: a
-//! request that announces one is answered and the connection closed (its bytes would
-//! otherwise be read as the next request). Keep-alive (HTTP/1.1 default, HTTP/1.0 with
+//! `/-/healthy` and `/-/ready` follow the Prometheus exporters' convention: healthy is 200
+//! whenever the loop answers (like `/healthz`), ready is 200 once the first probe cycle has
+//! completed (at once when probing is off) and 503 before, so a rollout can wait for real
+//! data.
+//!
+//! Only GET and HEAD of fixed paths are served, plus `POST /mcp` with `--mcp-http`; only that
+//! one reads a request body (by `Content-Length`, at most [`mcp::MAX_LINE_BYTES`]). Any other
+//! request that announces a body is answered and the connection closed (its bytes would
+//! otherwise be read as the next request).
+//!
+//! MCP over Streamable HTTP (`--mcp-http`): each `POST /mcp` carries one JSON-RPC message and
+//! gets its answer as `application/json` (200), or 202 with no body for a notification or a
+//! response; nothing is ever in flight, so no SSE stream is offered and `GET /mcp` is 405.
+//! The server is stateless (no `Mcp-Session-Id` is issued): both eras work as on stdio, the
+//! 2025-11-25 handshake and the per-request 2026-07-28. An `Origin` header must name this
+//! listener's own `Host` (DNS-rebinding defence, 403 otherwise); an `MCP-Protocol-Version`
+//! header must be a version we speak (400 otherwise). Keep-alive (HTTP/1.1 default, HTTP/1.0 with
 //! `Connection: keep-alive`) and `Connection: close` are honoured; pipelined requests are
 //! answered one at a time, the next parsed only once the previous response is written, so a
 //! client cannot make us buffer more than one response.
 //!
+//! `/metrics` comes from the [`ScrapeCache`] (rendered once per snapshot change), gzipped when
+//! the request's `Accept-Encoding` allows it and does not weigh identity higher (q-values
+//! honoured: `gzip;q=0` refuses it, `identity;q=1, gzip;q=0.5` prefers plain text, `*`
+//! counts for gzip when gzip is not named); every /metrics response carries `Vary: Accept-Encoding`.
+//!
+//! With `--web-tls-cert`/`--web-tls-key` the connection speaks TLS (`web_tls.rs`: rustls'
+//! sans-IO session, pumped here on readable/writable events); with `--web-auth-token-file`,
+//! `/metrics` answers 401 with `WWW-Authenticate: Bearer` unless the request carries
+//! `Authorization: Bearer <token>`. `/healthz`, `/-/healthy`, `/-/ready` and `/` stay open
+//! (liveness probes and load balancers carry no token; they reveal nothing about backends).
+//!
 //! Limits (named below): [`MAX_CONNECTIONS`], [`MAX_HEAD_BYTES`], [`IDLE_TIMEOUT`],
-//! [`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`].
+//! [`HEAD_TIMEOUT`], [`HANDSHAKE_TIMEOUT`], [`WRITE_TIMEOUT`].
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use crate::mcp;
 use crate::metrics::{self, ProcessStats};
+use crate::scrape_cache::ScrapeCache;
 use crate::snapshot::Snapshot;
+#[cfg(feature = "tls")]
+use crate::web_tls::TlsIo;
+use crate::web_tls::WebSecurity;
 
 /// Connections served at once. Prometheus needs one; 256 leaves room for curls and
 /// dashboards while bounding memory (~8 KiB of head buffer each at most, plus the response
@@ -35,6 +65,10 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a request head has started, it must be complete within this (slowloris bound).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS client must finish its handshake and send its first request head within this: a
+/// loopback handshake takes ~2 ms, a distant Prometheus a few round trips. A peer that
+/// stalls holds its own slot until then and delays no one else.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A response that makes no progress for this long is abandoned (a peer that stopped reading);
 /// every write that makes progress restarts it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,13 +86,25 @@ const HEAD_RESERVE: usize = 256;
 
 const INDEX_HTML: &str = "<html><head><title>sigma-agent-lite</title></head><body>\
 <h1>sigma-agent-lite</h1><p><a href=\"/metrics\">/metrics</a> \
-<a href=\"/healthz\">/healthz</a></p></body></html>\n";
+<a href=\"/healthz\">/healthz</a> <a href=\"/-/healthy\">/-/healthy</a> \
+<a href=\"/-/ready\">/-/ready</a></p></body></html>\n";
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Method {
     Get,
     Head,
+    Post,
     Other,
+}
+
+/// The body a request announces.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Body {
+    None,
+    /// `Content-Length: n`, n > 0.
+    Length(u64),
+    /// `Transfer-Encoding` (chunked or other): never read, the connection is closed.
+    Encoded,
 }
 
 /// A parsed request head. Borrowed from the input buffer.
@@ -67,8 +113,19 @@ pub struct Request<'a> {
     pub method: Method,
     /// The path without its query string.
     pub path: &'a str,
-    /// The connection is to be closed after the response.
+    /// The connection is to be closed after the response (from `Connection` and the version;
+    /// a body we don't read closes it too, decided by the connection).
     pub close: bool,
+    pub body: Body,
+    /// `Accept-Encoding` prefers gzip to identity.
+    pub gzip: bool,
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a str>,
+    /// Headers `POST /mcp` looks at.
+    pub host: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub mcp_protocol_version: Option<&'a str>,
 }
 
 /// The result of looking at the bytes received so far.
@@ -135,7 +192,10 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     };
     let mut close = !http11;
     let mut host = false;
-    let mut body = false;
+    let mut body = Body::None;
+    let (mut host_value, mut origin, mut content_type, mut mcp_version) = (None, None, None, None);
+    let mut codings = Codings::default();
+    let mut authorization = None;
     for line in lines {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return Parse::Error(400);
@@ -155,6 +215,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
                 return Parse::Error(400);
             }
             host = true;
+            host_value = Some(value);
         } else if name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(str::trim) {
                 if option.eq_ignore_ascii_case("close") {
@@ -164,13 +225,30 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
                 }
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<u64>() {
-                Ok(0) => {}
-                Ok(_) => body = true,
-                Err(_) => return Parse::Error(400),
+            match (value.parse::<u64>(), body) {
+                (Ok(0), Body::None) => {}
+                (Ok(n), Body::None) => body = Body::Length(n),
+                // Two lengths, or a length with Transfer-Encoding: smuggling, 400.
+                _ => return Parse::Error(400),
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            body = true;
+            if matches!(body, Body::Length(_)) {
+                return Parse::Error(400);
+            }
+            body = Body::Encoded;
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("mcp-protocol-version") {
+            mcp_version.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            codings.add(value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Parse::Error(400);
+            }
+            authorization = Some(value);
         }
     }
     if http11 && !host {
@@ -179,6 +257,7 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
+        "POST" => Method::Post,
         _ => Method::Other,
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -186,10 +265,79 @@ pub fn parse_head(buf: &[u8]) -> Parse<'_> {
         Request {
             method,
             path,
-            close: close || body,
+            close,
+            body,
+            gzip: codings.prefers_gzip(),
+            authorization,
+            host: host_value,
+            origin,
+            content_type,
+            mcp_protocol_version: mcp_version,
         },
         start + end + terminator,
     )
+}
+
+/// What `Accept-Encoding` says of the codings we have (RFC 9110 §12.5.3), as weights in
+/// thousandths. Unnamed codings fall under `*`; without the header only identity is
+/// acceptable.
+#[derive(Default, Debug)]
+struct Codings {
+    gzip: Option<u16>,
+    identity: Option<u16>,
+    star: Option<u16>,
+}
+
+impl Codings {
+    /// Reads one header line (several lines add up).
+    fn add(&mut self, value: &str) {
+        for element in value.split(',') {
+            let mut parts = element.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let mut q = Some(1000);
+            for param in parts {
+                let (k, v) = param.split_once('=').unwrap_or((param, ""));
+                if k.trim().eq_ignore_ascii_case("q") {
+                    q = parse_qvalue(v.trim());
+                }
+            }
+            let Some(q) = q else {
+                continue; // an unreadable weight: ignore the element
+            };
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                self.gzip = Some(q);
+            } else if coding.eq_ignore_ascii_case("identity") {
+                self.identity = Some(q);
+            } else if coding == "*" {
+                self.star = Some(q);
+            }
+        }
+    }
+
+    /// gzip is acceptable and weighs at least as much as identity when identity is weighed
+    /// (by name or by `*`); an unweighed identity is only the fallback, as in common servers.
+    fn prefers_gzip(&self) -> bool {
+        let gzip = self.gzip.or(self.star).unwrap_or(0);
+        let identity = self.identity.or(self.star).unwrap_or(0);
+        gzip > 0 && gzip >= identity
+    }
+}
+
+/// `0`, `0.5`, `1.000` (RFC 9110 §12.4.2) in thousandths; None when malformed.
+fn parse_qvalue(v: &str) -> Option<u16> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut thousandths: u16 = frac
+        .bytes()
+        .fold(0, |acc, b| acc * 10 + u16::from(b - b'0'));
+    thousandths *= 10u16.pow(3 - frac.len() as u32);
+    match (int, thousandths) {
+        ("0", t) => Some(t),
+        ("1", 0) => Some(1000),
+        _ => None,
+    }
 }
 
 /// Where the empty line that ends a head starts in `buf` (the head's lines are before it) and
@@ -255,6 +403,12 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        202 => "Accepted",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -301,44 +455,180 @@ fn finish_response(
     start
 }
 
-/// Builds the response to `req` into `out` (cleared first); returns where it starts.
-/// `in_flight` is what other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
-pub fn respond(
-    req: &Request<'_>,
-    snap: &Snapshot,
-    process: impl FnOnce() -> ProcessStats,
-    in_flight: usize,
-    out: &mut Vec<u8>,
-) -> usize {
+/// What a response may need besides the request; the event loop lends it for one drive.
+pub struct Serve<'a> {
+    pub snap: &'a Snapshot,
+    pub cache: &'a mut ScrapeCache,
+    pub security: &'a WebSecurity,
+    /// Reads the process figures (only when a /metrics response is built).
+    pub process: &'a dyn Fn() -> ProcessStats,
+    /// What other connections still have to write ([`MAX_RESPONSE_BYTES_IN_FLIGHT`]).
+    pub in_flight: usize,
+    /// `--mcp-http`: serve `POST /mcp`.
+    pub mcp_http: bool,
+    /// Wall time, for MCP answers (`generated_at`, staleness).
+    pub wall: std::time::SystemTime,
+}
+
+/// Whether the connection should read the body `req` announces (only `POST /mcp`).
+pub fn reads_body(req: &Request<'_>, mcp_http: bool) -> bool {
+    mcp_http && req.method == Method::Post && req.path == "/mcp"
+}
+
+/// Builds the response to `req` (with its `body`, read only for `POST /mcp`) into `out`
+/// (cleared first); returns where it starts.
+pub fn respond(req: &Request<'_>, body: &[u8], serve: &mut Serve<'_>, out: &mut Vec<u8>) -> usize {
     out.clear();
     out.resize(HEAD_RESERVE, 0);
     let head_only = req.method == Method::Head;
-    let known = matches!(req.path, "/metrics" | "/healthz" | "/");
+    let mcp = serve.mcp_http && req.path == "/mcp";
+    let known = matches!(
+        req.path,
+        "/metrics" | "/healthz" | "/-/healthy" | "/-/ready" | "/"
+    );
+    let (snap, in_flight) = (serve.snap, serve.in_flight);
+    let protected = req.path == "/metrics" || mcp;
     let (status, content_type, extra) = match (req.method, req.path) {
-        (Method::Other, _) if known => (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n"),
+        (Method::Other | Method::Post, _) if known => {
+            (405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n")
+        }
+        _ if protected
+            && !serve
+                .security
+                .authorized(req.authorization.map(str::as_bytes)) =>
+        {
+            log::debug!(
+                "http: {} without a valid bearer token, answering 401",
+                req.path
+            );
+            (
+                401,
+                "text/plain; charset=utf-8",
+                "WWW-Authenticate: Bearer realm=\"sigma-agent-lite\"\r\n",
+            )
+        }
+        _ if mcp => mcp_over_http(req, body, serve, out),
         (_, "/metrics") if in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT => {
             log::warn!("http: {in_flight} bytes of responses still being written, answering 503");
             (503, "text/plain; charset=utf-8", "Retry-After: 1\r\n")
         }
         (_, "/metrics") => {
-            metrics::render(snap, &process(), out);
-            (200, metrics::CONTENT_TYPE, "")
+            serve.cache.write(snap, &(serve.process)(), req.gzip, out);
+            log::debug!(
+                "http: /metrics answered, {} bytes {}",
+                out.len() - HEAD_RESERVE,
+                if req.gzip { "gzip" } else { "identity" }
+            );
+            let extra = if req.gzip {
+                "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n"
+            } else {
+                "Vary: Accept-Encoding\r\n"
+            };
+            (200, metrics::CONTENT_TYPE, extra)
         }
         (_, "/healthz") => {
             out.extend_from_slice(b"ok\n");
             (200, "text/plain; charset=utf-8", "")
         }
+        (_, "/-/healthy") => {
+            out.extend_from_slice(b"sigma-agent-lite is Healthy.\n");
+            (200, "text/plain; charset=utf-8", "")
+        }
+        (_, "/-/ready") if snap.cycles_total > 0 || !snap.probe_enabled => {
+            out.extend_from_slice(b"sigma-agent-lite is Ready.\n");
+            (200, "text/plain; charset=utf-8", "")
+        }
+        (_, "/-/ready") => (503, "text/plain; charset=utf-8", ""),
         (_, "/") => {
             out.extend_from_slice(INDEX_HTML.as_bytes());
             (200, "text/html; charset=utf-8", "")
         }
         _ => (404, "text/plain; charset=utf-8", ""),
     };
-    if status != 200 {
+    if status >= 400 && out.len() == HEAD_RESERVE {
         out.extend_from_slice(reason_phrase(status).as_bytes());
         out.push(b'\n');
     }
     finish_response(out, status, content_type, extra, req.close, head_only)
+}
+
+/// `POST /mcp`: one JSON-RPC message in, its answer out (see the module docs). Error bodies
+/// are plain text saying what to fix.
+fn mcp_over_http(
+    req: &Request<'_>,
+    body: &[u8],
+    serve: &Serve<'_>,
+    out: &mut Vec<u8>,
+) -> (u16, &'static str, &'static str) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method != Method::Post {
+        return (405, TEXT, "Allow: POST\r\n");
+    }
+    if let Some(origin) = req.origin {
+        if !same_origin(origin, req.host) {
+            log::warn!(
+                "mcp-http: refused a request from Origin {:?} (Host {:?}): 403",
+                origin.escape_debug().to_string(),
+                req.host.map(|h| h.escape_debug().to_string())
+            );
+            out.extend_from_slice(b"Forbidden: Origin does not match this server's Host\n");
+            return (403, TEXT, "");
+        }
+    }
+    if let Some(v) = req.mcp_protocol_version {
+        if !mcp::SUPPORTED_VERSIONS.contains(&v) {
+            out.extend_from_slice(b"Bad Request: unsupported MCP-Protocol-Version; supported: ");
+            out.extend_from_slice(mcp::SUPPORTED_VERSIONS.join(", ").as_bytes());
+            out.push(b'\n');
+            return (400, TEXT, "");
+        }
+    }
+    let json = req.content_type.is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    });
+    if !json {
+        out.extend_from_slice(b"Unsupported Media Type: POST /mcp takes application/json\n");
+        return (415, TEXT, "");
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        out.extend_from_slice(b"Bad Request: POST /mcp needs one JSON-RPC message as its body\n");
+        return (400, TEXT, "");
+    }
+    let busy = serve.in_flight > MAX_RESPONSE_BYTES_IN_FLIGHT;
+    if !(busy && mcp::busy_response(body, out)) {
+        mcp::handle_line(body, serve.snap, serve.wall, out);
+    }
+    if out.len() == HEAD_RESERVE {
+        return (202, "application/json", ""); // a notification or a response: no answer
+    }
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    (200, "application/json", "")
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the same authority as the `Host` header,
+/// default ports aside. `null` and unparsable origins don't.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let authority = authority.trim_end_matches('/');
+    let strip = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix(default_port)
+            .map_or(a.clone(), str::to_owned)
+    };
+    !authority.is_empty() && strip(authority) == strip(host)
 }
 
 /// Builds an error response (the connection closes after it); returns where it starts.
@@ -360,10 +650,17 @@ pub enum Status {
 /// One HTTP client connection.
 pub struct Conn {
     pub stream: TcpStream,
+    /// The TLS session, on a TLS listener.
+    #[cfg(feature = "tls")]
+    tls: Option<TlsIo>,
+    /// The response was the last: only TLS records (close_notify) remain to send.
+    closing: bool,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
     close_after_write: bool,
+    /// Bytes of head + body the request being read needs in `inbuf` (a `POST /mcp`).
+    need: usize,
     /// When bytes last arrived or a response was last completed (or the accept): the least
     /// recently active connection is the one closed to make room.
     pub last_active: Instant,
@@ -375,13 +672,68 @@ impl Conn {
     pub fn new(stream: TcpStream, now: Instant) -> Conn {
         Conn {
             stream,
+            #[cfg(feature = "tls")]
+            tls: None,
+            closing: false,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
             close_after_write: false,
+            need: 0,
             last_active: now,
             deadline: now + IDLE_TIMEOUT,
         }
+    }
+
+    /// A connection on the TLS listener: the handshake must be done within
+    /// [`HANDSHAKE_TIMEOUT`].
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        stream: TcpStream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        now: Instant,
+    ) -> io::Result<Conn> {
+        let mut conn = Conn::new(stream, now);
+        conn.tls = Some(TlsIo::new(config)?);
+        conn.deadline = now + HANDSHAKE_TIMEOUT;
+        Ok(conn)
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.read(&mut self.stream, buf);
+        }
+        self.stream.read(buf)
+    }
+
+    fn write_some(&mut self, from: usize) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.write(&mut self.stream, &self.out[from..]);
+        }
+        self.stream.write(&self.out[from..])
+    }
+
+    /// Sends TLS records already made (handshake, encrypted response); Ok(true) when none is
+    /// left. Always true without TLS.
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls.flush(&mut self.stream);
+        }
+        Ok(true)
+    }
+
+    /// Queues TLS close_notify after the last response; false without TLS (close now).
+    fn start_tls_close(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            tls.close();
+            self.closing = true;
+            return true;
+        }
+        false
     }
 
     /// Bytes of the response not yet written.
@@ -398,14 +750,17 @@ impl Conn {
 
     /// Reads, answers and writes until the socket would block. `process` reads the process
     /// figures, only when a /metrics response is built.
-    pub fn drive(
-        &mut self,
-        now: Instant,
-        snap: &Snapshot,
-        process: &dyn Fn() -> ProcessStats,
-        in_flight: usize,
-    ) -> Status {
+    pub fn drive(&mut self, now: Instant, serve: &mut Serve<'_>) -> Status {
         loop {
+            match self.flush_tls() {
+                Ok(true) if self.closing => return Status::Close,
+                Ok(true) => {}
+                Ok(false) => return Status::Continue,
+                Err(e) => {
+                    log::debug!("http: TLS write failed: {e}");
+                    return Status::Close;
+                }
+            }
             if self.out_pos < self.out.len() {
                 let before = self.out_pos;
                 let flushed = self.flush();
@@ -422,6 +777,9 @@ impl Conn {
                     }
                 }
                 if self.close_after_write {
+                    if self.start_tls_close() {
+                        continue; // send close_notify, then close
+                    }
                     return Status::Close;
                 }
                 self.last_active = now;
@@ -433,9 +791,38 @@ impl Conn {
                 self.out_pos = 0;
             }
             match parse_head(&self.inbuf) {
+                Parse::Complete(req, len) if reads_body(&req, serve.mcp_http) => {
+                    let n = match req.body {
+                        Body::Length(n) if n <= mcp::MAX_LINE_BYTES as u64 => n as usize,
+                        Body::Length(_) => {
+                            log::debug!(
+                                "http: POST /mcp body over {} bytes, answering 413",
+                                mcp::MAX_LINE_BYTES
+                            );
+                            self.answer_error(413, now);
+                            continue;
+                        }
+                        Body::Encoded => {
+                            self.answer_error(411, now);
+                            continue;
+                        }
+                        Body::None => 0,
+                    };
+                    if self.inbuf.len() < len + n {
+                        self.need = len + n; // read on, under the head's deadline
+                    } else {
+                        self.need = 0;
+                        self.close_after_write = req.close;
+                        self.out_pos =
+                            respond(&req, &self.inbuf[len..len + n], serve, &mut self.out);
+                        self.inbuf.drain(..len + n);
+                        self.deadline = now + WRITE_TIMEOUT;
+                        continue;
+                    }
+                }
                 Parse::Complete(req, len) => {
-                    self.close_after_write = req.close;
-                    self.out_pos = respond(&req, snap, process, in_flight, &mut self.out);
+                    self.close_after_write = req.close || req.body != Body::None;
+                    self.out_pos = respond(&req, &[], serve, &mut self.out);
                     self.inbuf.drain(..len);
                     self.deadline = now + WRITE_TIMEOUT;
                     continue;
@@ -451,8 +838,9 @@ impl Conn {
                 Parse::Incomplete => {}
             }
             let mut chunk = [0u8; 4096];
-            let room = (MAX_HEAD_BYTES + 4 - self.inbuf.len()).min(chunk.len());
-            match self.stream.read(&mut chunk[..room]) {
+            let limit = (MAX_HEAD_BYTES + 4).max(self.need);
+            let room = limit.saturating_sub(self.inbuf.len()).min(chunk.len());
+            match self.read_some(&mut chunk[..room]) {
                 Ok(0) => return Status::Close,
                 Ok(n) => {
                     self.last_active = now;
@@ -471,10 +859,19 @@ impl Conn {
         }
     }
 
+    /// Answers `status` and closes after it.
+    fn answer_error(&mut self, status: u16, now: Instant) {
+        self.close_after_write = true;
+        self.out_pos = respond_error(status, &mut self.out);
+        self.inbuf.clear();
+        self.need = 0;
+        self.deadline = now + WRITE_TIMEOUT;
+    }
+
     /// Writes pending output; Ok(true) when all is written, Ok(false) on WouldBlock.
     fn flush(&mut self) -> io::Result<bool> {
         while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            match self.write_some(self.out_pos) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -513,7 +910,14 @@ mod tests {
             Request {
                 method: Method::Get,
                 path: "/metrics",
-                close: false
+                close: false,
+                gzip: false,
+                authorization: None,
+                body: Body::None,
+                host: Some("a"),
+                origin: None,
+                content_type: None,
+                mcp_protocol_version: None,
             }
         );
         assert_eq!(&buf[len..len + 3], b"GET");
@@ -532,22 +936,31 @@ mod tests {
                 .0
                 .close
         );
-        assert!(
-            complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
-                .0
-                .close
-        );
-        assert!(
-            !complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
-                .0
-                .close
-        );
+        // A body is announced (the connection decides to read it or to close after answering).
+        let (req, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!((req.close, req.body), (false, Body::Length(3)));
+        let (req, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!((req.close, req.body), (false, Body::None));
+        let chunked = b"POST /mcp HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(complete(chunked).0.body, Body::Encoded);
+        // Smuggling shapes: two lengths, or a length and a transfer coding.
+        for bad in [
+            &b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(bad), Parse::Error(400));
+        }
         assert_eq!(
             complete(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
             Method::Head
         );
         assert_eq!(
             complete(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
+            Method::Post
+        );
+        assert_eq!(
+            complete(b"PUT / HTTP/1.1\r\nHost: a\r\n\r\n").0.method,
             Method::Other
         );
     }
@@ -634,6 +1047,88 @@ mod tests {
     }
 
     #[test]
+    fn bearer_token_guards_metrics_only() {
+        let snap = Snapshot::new(
+            false,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let security = WebSecurity::with_token(b"tok");
+        let mut cache = ScrapeCache::new();
+        let mut ask = |raw: &str| {
+            let raw = format!("{raw}\r\n");
+            let Parse::Complete(req, _) = parse_head(raw.as_bytes()) else {
+                panic!("{raw}")
+            };
+            let mut serve = Serve {
+                snap: &snap,
+                cache: &mut cache,
+                security: &security,
+                process: &ProcessStats::default,
+                in_flight: 0,
+                mcp_http: false,
+                wall: std::time::SystemTime::UNIX_EPOCH,
+            };
+            let mut out = Vec::new();
+            let start = respond(&req, &[], &mut serve, &mut out);
+            String::from_utf8_lossy(&out[start..]).into_owned()
+        };
+        let denied = ask("GET /metrics HTTP/1.1\r\nHost: a\r\n");
+        assert!(
+            denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{denied}"
+        );
+        assert!(denied.contains("\r\nWWW-Authenticate: Bearer realm=\"sigma-agent-lite\"\r\n"));
+        assert!(!denied.contains("sigma_"), "{denied}");
+        for wrong in ["Bearer tok2", "Basic tok", "tok"] {
+            let r = ask(&format!(
+                "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: {wrong}\r\n"
+            ));
+            assert!(r.starts_with("HTTP/1.1 401 "), "{wrong}: {r}");
+        }
+        let ok = ask("GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        for open in ["/healthz", "/-/healthy", "/-/ready", "/"] {
+            let r = ask(&format!("GET {open} HTTP/1.1\r\nHost: a\r\n"));
+            assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{open}: {r}");
+        }
+        // Two Authorization headers are ambiguous: 400.
+        let two = "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\nAuthorization: Bearer x\r\n\r\n";
+        assert_eq!(parse_head(two.as_bytes()), Parse::Error(400));
+    }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        let gzip = |headers: &str| {
+            let raw = format!("GET /metrics HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
+            match parse_head(raw.as_bytes()) {
+                Parse::Complete(r, _) => r.gzip,
+                other => panic!("{other:?}"),
+            }
+        };
+        // What Prometheus sends, and the usual browser and curl forms.
+        assert!(gzip("Accept-Encoding: gzip\r\n"));
+        assert!(gzip("Accept-Encoding: gzip, deflate, br\r\n"));
+        assert!(gzip("accept-encoding: deflate, GZIP;q=0.8\r\n"));
+        assert!(gzip("Accept-Encoding: *\r\n"));
+        assert!(gzip("Accept-Encoding: x-gzip\r\n"));
+        assert!(gzip("Accept-Encoding: identity;q=0.5, gzip;q=0.5\r\n"));
+        assert!(gzip(
+            "Accept-Encoding: br\r\nAccept-Encoding: gzip;q=1.000\r\n"
+        ));
+        assert!(!gzip(""));
+        assert!(!gzip("Accept-Encoding: identity\r\n"));
+        assert!(!gzip("Accept-Encoding: deflate, br\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0.000\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=0.5, identity\r\n"));
+        assert!(!gzip("Accept-Encoding: *, gzip;q=0\r\n"));
+        assert!(!gzip("Accept-Encoding: gzip;q=1.5\r\n")); // malformed weight: ignored
+        assert!(!gzip("Accept-Encoding: gzip;q=0.1234\r\n"));
+        assert!(!gzip("Accept-Encoding: gzipx\r\n"));
+    }
+
+    #[test]
     fn head_size_limit() {
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.resize(MAX_HEAD_BYTES - 4, b'a');
@@ -645,6 +1140,19 @@ mod tests {
         assert_eq!(parse_head(&over), Parse::Error(431));
     }
 
+    fn serve(snap: &Snapshot, in_flight: usize) -> Serve<'_> {
+        Serve {
+            snap,
+            // Leaked: a test helper's cache and settings live as long as the test process.
+            cache: Box::leak(Box::new(ScrapeCache::new())),
+            security: Box::leak(Box::new(WebSecurity::default())),
+            process: &ProcessStats::default,
+            in_flight,
+            mcp_http: false,
+            wall: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
     fn response(req: &Request<'_>) -> String {
         let snap = Snapshot::new(
             false,
@@ -652,7 +1160,7 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH,
         );
         let mut out = Vec::new();
-        let start = respond(req, &snap, ProcessStats::default, 0, &mut out);
+        let start = respond(req, &[], &mut serve(&snap, 0), &mut out);
         String::from_utf8(out[start..].to_vec()).unwrap()
     }
 
@@ -662,11 +1170,41 @@ mod tests {
             method: Method::Get,
             path,
             close: false,
+            gzip: false,
+            authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         assert_eq!(
             response(&get("/healthz")),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\nok\n"
         );
+        assert_eq!(
+            response(&get("/-/healthy")),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n\r\nsigma-agent-lite is Healthy.\n"
+        );
+        // Probing on, no cycle completed yet: not ready; after one: ready.
+        let mut snap = Snapshot::new(
+            true,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let mut out = Vec::new();
+        let start = respond(&get("/-/ready"), &[], &mut serve(&snap, 0), &mut out);
+        assert_eq!(
+            &out[start..],
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\nService Unavailable\n"
+        );
+        snap.cycle_done(
+            Duration::from_millis(5),
+            false,
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        let start = respond(&get("/-/ready"), &[], &mut serve(&snap, 0), &mut out);
+        assert!(out[start..].ends_with(b"\r\n\r\nsigma-agent-lite is Ready.\n"));
         assert_eq!(
             response(&get("/nope")),
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 10\r\n\r\nNot Found\n"
@@ -675,6 +1213,13 @@ mod tests {
             method: Method::Other,
             path: "/metrics",
             close: true,
+            gzip: false,
+            authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         assert_eq!(
             response(&post),
@@ -684,6 +1229,13 @@ mod tests {
             method: Method::Head,
             path: "/metrics",
             close: false,
+            gzip: false,
+            authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
         };
         let text = response(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
@@ -707,22 +1259,10 @@ mod tests {
         );
         let mut out = Vec::new();
         let busy = MAX_RESPONSE_BYTES_IN_FLIGHT + 1;
-        let start = respond(
-            &get("/metrics"),
-            &snap,
-            ProcessStats::default,
-            busy,
-            &mut out,
-        );
+        let start = respond(&get("/metrics"), &[], &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(String::from_utf8_lossy(&out[start..]).contains("Retry-After: 1\r\n"));
-        let start = respond(
-            &get("/healthz"),
-            &snap,
-            ProcessStats::default,
-            busy,
-            &mut out,
-        );
+        let start = respond(&get("/healthz"), &[], &mut serve(&snap, busy), &mut out);
         assert!(out[start..].starts_with(b"HTTP/1.1 200 OK\r\n"));
 
         let mut out = Vec::new();

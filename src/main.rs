@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Version => {
-            println!("sigma-agent-lite {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", sigma_agent_lite::metrics::version_line());
             return ExitCode::SUCCESS;
         }
         Command::Run(c) => c,
@@ -92,6 +92,22 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
     let mut listen = agent
         .http_addr()
         .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    if config.web.tls_cert.is_some() {
+        listen.push_str(if config.web.client_ca.is_some() {
+            " (TLS, client certificates required)"
+        } else {
+            " (TLS)"
+        });
+    }
+    if config.web.token_file.is_some() {
+        listen.push_str(" (bearer token for /metrics)");
+    } else if config.web.tls_cert.is_none()
+        && agent.http_addr().is_some_and(|a| !a.ip().is_loopback())
+    {
+        log::warn!(
+            "/metrics on {listen} is served in clear without authentication and its labels name every backend; see --web-tls-cert and --web-auth-token-file"
+        );
+    }
     if let Some(mcp) = agent.mcp_addr() {
         if !mcp.ip().is_loopback() {
             log::warn!(

@@ -131,7 +131,11 @@ const INPUT_SCHEMA: &str = concat!(
     r#""default":false}},"additionalProperties":false}"#
 );
 
-/// `outputSchema` of the tool: exactly what `write_health` emits.
+/// `outputSchema` of the tool: exactly what `write_health` emits. Nullable fields are
+/// `anyOf` a single-type schema and `{"type":"null"}`, never a type array
+/// (`"type":["string","null"]`) nor a `null` in an `enum`: single-type dialects (the OpenAPI
+/// subset of Gemini function declarations, MCP Inspector `--strict`) reject those, and every
+/// JSON Schema validator reads `anyOf` the same.
 const OUTPUT_SCHEMA: &str = concat!(
     r#"{"type":"object","properties":{"#,
     r#""status":{"type":"string","enum":["current","stale","awaiting_first_cycle","probing_disabled"]},"#,
@@ -146,8 +150,8 @@ const OUTPUT_SCHEMA: &str = concat!(
     r#""not_probed":{"type":"integer","minimum":0},"#,
     r#""mismatches":{"type":"integer","minimum":0},"#,
     r#""cycles_completed":{"type":"integer","minimum":0},"#,
-    r#""last_cycle_at":{"type":["string","null"],"format":"date-time"},"#,
-    r#""last_cycle_duration_seconds":{"type":["number","null"],"minimum":0},"#,
+    r#""last_cycle_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
+    r#""last_cycle_duration_seconds":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
     r#""probe_enabled":{"type":"boolean"},"#,
     r#""probe_interval_seconds":{"type":"number","minimum":0}},"#,
     r#""required":["routes","reachable","unreachable","not_probed","mismatches","cycles_completed","#,
@@ -155,9 +159,9 @@ const OUTPUT_SCHEMA: &str = concat!(
     r#""envoy_admin":{"type":"array","items":{"type":"object","properties":{"#,
     r#""node":{"type":"string"},"#,
     r#""admin_port":{"type":"integer","minimum":1,"maximum":65535},"#,
-    r#""up":{"type":["boolean","null"]},"#,
-    r#""error":{"type":["string","null"]},"#,
-    r#""fetch_duration_seconds":{"type":["number","null"],"minimum":0},"#,
+    r#""up":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
+    r#""error":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
+    r#""fetch_duration_seconds":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
     r#""hosts":{"type":"integer","minimum":0}},"#,
     r#""required":["node","admin_port","up","error","fetch_duration_seconds","hosts"]}},"#,
     r#""backends":{"type":"array","items":{"type":"object","properties":{"#,
@@ -165,23 +169,23 @@ const OUTPUT_SCHEMA: &str = concat!(
     r#""route":{"type":"string"},"#,
     r#""listen_port":{"type":"integer","minimum":1,"maximum":65535},"#,
     r#""backend":{"type":"string"},"#,
-    r#""address":{"type":["string","null"]},"#,
-    r#""reachable":{"type":["boolean","null"]},"#,
-    r#""latency_ms":{"type":["number","null"],"minimum":0},"#,
-    r#""reason":{"enum":["refused","timeout","unreachable","dns","error",null]},"#,
-    r#""detail":{"type":["string","null"]},"#,
-    r#""last_probe_at":{"type":["string","null"],"format":"date-time"},"#,
-    r#""last_change_at":{"type":["string","null"],"format":"date-time"},"#,
+    r#""address":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
+    r#""reachable":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
+    r#""latency_ms":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
+    r#""reason":{"anyOf":[{"type":"string","enum":["refused","timeout","unreachable","dns","error"]},{"type":"null"}]},"#,
+    r#""detail":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
+    r#""last_probe_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
+    r#""last_change_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
     r#""consecutive_failures":{"type":"integer","minimum":0},"#,
-    r#""envoy":{"type":["object","null"],"properties":{"#,
-    r#""healthy":{"type":["boolean","null"]},"#,
-    r#""mismatch":{"enum":["envoy_healthy_agent_down","envoy_unhealthy_agent_up",null]},"#,
-    r#""mismatch_since":{"type":["string","null"],"format":"date-time"},"#,
+    r#""envoy":{"anyOf":[{"type":"object","properties":{"#,
+    r#""healthy":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
+    r#""mismatch":{"anyOf":[{"type":"string","enum":["envoy_healthy_agent_down","envoy_unhealthy_agent_up"]},{"type":"null"}]},"#,
+    r#""mismatch_since":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
     r#""cluster":{"type":"string"},"#,
     r#""hosts":{"type":"integer","minimum":1},"#,
     r#""eds_health_status":{"type":"string"},"#,
     r#""failing":{"type":"array","items":{"type":"string"}}},"#,
-    r#""required":["healthy","mismatch","mismatch_since","cluster","hosts","eds_health_status","failing"]}},"#,
+    r#""required":["healthy","mismatch","mismatch_since","cluster","hosts","eds_health_status","failing"]},{"type":"null"}]}},"#,
     r#""required":["node","route","listen_port","backend","address","reachable","latency_ms","#,
     r#""reason","detail","last_probe_at","last_change_at","consecutive_failures","envoy"]}}},"#,
     r#""required":["status","note","generated_at","unreachable_only","mismatch_only","summary","envoy_admin","backends"]}"#
@@ -1781,6 +1785,10 @@ mod tests {
         let input = json::parse(INPUT_SCHEMA.as_bytes()).unwrap();
         assert_eq!(s(&input, &["type"]), "object");
         let output = json::parse(OUTPUT_SCHEMA.as_bytes()).unwrap();
+        // Single-type dialects: no type arrays, no null inside an enum (anyOf instead).
+        assert!(!OUTPUT_SCHEMA.contains(r#""type":["#), "{OUTPUT_SCHEMA}");
+        assert!(!OUTPUT_SCHEMA.contains(",null]"), "{OUTPUT_SCHEMA}");
+        assert_eq!(OUTPUT_SCHEMA.matches(r#"{"type":"null"}"#).count(), 16);
         let keys = |v: &Value| -> Vec<String> {
             v.as_object()
                 .unwrap()

@@ -4,7 +4,9 @@
 //! buffer. Metric names are `const`s here and nowhere else; `# HELP`/`# TYPE` are written
 //! once per family; label values are escaped in exactly one function, [`write_label_value`].
 //! The process figures are read from `/proc/self` by [`ProcessStats::read`], the one function
-//! in this file that does I/O, called by the HTTP handler just before rendering.
+//! in this file that does I/O, called by the HTTP handler at each scrape. The rest depends
+//! only on the snapshot and is split off ([`render_snapshot`]) so that it can be rendered once
+//! per change and cached (`scrape_cache.rs`).
 //!
 //! Per-route series: `sigma_backend_reachable` once the route has been probed, the latency
 //! while its last probe succeeded, a failure counter per reason that has happened (zero-valued
@@ -49,7 +51,29 @@ pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_VIRTUAL: &str = "process_virtual_memory_bytes";
+pub const PROCESS_VIRTUAL_MAX: &str = "process_virtual_memory_max_bytes";
 pub const PROCESS_START: &str = "process_start_time_seconds";
+
+/// This binary's version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision it was built from (build.rs; `unknown` outside a checkout).
+pub const REVISION: &str = env!("SIGMA_REVISION");
+/// The rustc that built it (build.rs).
+pub const RUSTC: &str = env!("SIGMA_RUSTC");
+/// The cargo features compiled in, comma-separated (`none` for `--no-default-features`), so
+/// a default and a minimal build can be told apart on a dashboard.
+pub const FEATURES: &str = match (cfg!(feature = "postgres"), cfg!(feature = "tls")) {
+    (true, true) => "postgres,tls",
+    (true, false) => "postgres",
+    (false, true) => "tls",
+    (false, false) => "none",
+};
+
+/// The `--version` line: the same four facts as `sigma_build_info`.
+pub fn version_line() -> String {
+    format!("sigma-agent-lite {VERSION} (revision {REVISION}, features {FEATURES}, rustc {RUSTC})")
+}
 
 /// Figures about this process, from `/proc/self`. Missing ones are left out of the output.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -58,6 +82,10 @@ pub struct ProcessStats {
     pub cpu_seconds: Option<f64>,
     pub open_fds: Option<u64>,
     pub max_fds: Option<u64>,
+    pub virtual_bytes: Option<u64>,
+    /// The address-space limit (`RLIMIT_AS`); unlimited is `u64::MAX`, as client_golang and
+    /// node_exporter report it.
+    pub virtual_max_bytes: Option<u64>,
     /// Log lines dropped because stderr would have blocked (`logging::dropped`).
     pub log_lines_dropped: u64,
 }
@@ -70,7 +98,8 @@ impl ProcessStats {
             ..ProcessStats::default()
         };
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            let (cpu_ticks, rss_pages) = parse_stat(&stat);
+            let (cpu_ticks, rss_pages, vsize) = parse_stat(&stat);
+            stats.virtual_bytes = vsize;
             // SAFETY: sysconf has no preconditions; it only reads system configuration.
             let (tck, page) = unsafe {
                 (
@@ -90,39 +119,50 @@ impl ProcessStats {
             stats.open_fds = Some(dir.count().saturating_sub(1) as u64);
         }
         if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-            stats.max_fds = parse_max_fds(&limits);
+            stats.max_fds = parse_limit(&limits, "Max open files");
+            stats.virtual_max_bytes = parse_limit(&limits, "Max address space");
         }
         stats
     }
 }
 
-/// From `/proc/self/stat`: (utime + stime in clock ticks, rss in pages). The command name is
-/// in parentheses and may contain spaces, so fields are counted after the last `)`.
-fn parse_stat(stat: &str) -> (Option<u64>, Option<u64>) {
+/// From `/proc/self/stat`: (utime + stime in clock ticks, rss in pages, vsize in bytes). The
+/// command name is in parentheses and may contain spaces, so fields are counted after the
+/// last `)`.
+fn parse_stat(stat: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
     let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return (None, None);
+        return (None, None, None);
     };
     let fields: Vec<&str> = after.split_whitespace().collect();
-    // After the `)`: field 3 (state) is index 0, utime (14) is 11, stime (15) 12, rss (24) 21.
+    // After the `)`: field 3 (state) is index 0, utime (14) is 11, stime (15) 12, vsize (23)
+    // 20, rss (24) 21.
     let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     let cpu = match (num(11), num(12)) {
         (Some(u), Some(s)) => Some(u + s),
         _ => None,
     };
-    (cpu, num(21))
+    (cpu, num(21), num(20))
 }
 
-fn parse_max_fds(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// The soft limit of one line of `/proc/self/limits`; `unlimited` is `u64::MAX`.
+fn parse_limit(limits: &str, name: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with(name))?;
+    match line[name.len()..].split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        v => v.parse().ok(),
+    }
 }
 
-/// Renders the whole exposition into `out` (appending).
+/// Renders the whole exposition into `out` (appending): [`render_snapshot`] then
+/// [`render_process`].
 pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
+    render_snapshot(snap, out);
+    render_process(snap, process, out);
+}
+
+/// The part that depends only on the snapshot (everything but `process_*`): cached per
+/// snapshot generation and served to every scrape until the next change.
+pub fn render_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
     family(
         out,
         BACKEND_REACHABLE,
@@ -146,7 +186,7 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
             if let Outcome::Reachable { latency } = r.outcome {
                 series(out, BACKEND_LATENCY_MS, s, None);
                 out.push(b' ');
-                write_f64(out, latency.as_secs_f64() * 1000.0);
+                write_millis(out, latency);
                 out.push(b'\n');
             }
         }
@@ -178,7 +218,7 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         if let Some(d) = s.last.as_ref().and_then(|(r, _)| r.dns_duration) {
             series(out, BACKEND_DNS_SECONDS, s, None);
             out.push(b' ');
-            write_f64(out, d.as_secs_f64());
+            write_seconds(out, d);
             out.push(b'\n');
         }
     }
@@ -225,13 +265,13 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         out,
         CYCLE_DURATION,
         "Duration of the last completed probe cycle.",
-        snap.last_cycle_duration.map_or(0.0, |d| d.as_secs_f64()),
+        snap.last_cycle_duration.map_or(0.0, seconds_f64),
     );
     gauge_f64(
         out,
         INTERVAL,
         "Configured time between probe-cycle starts.",
-        snap.interval.as_secs_f64(),
+        seconds_f64(snap.interval),
     );
     gauge_f64(
         out,
@@ -261,7 +301,7 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         out,
         FETCH_DURATION,
         "Duration of the last read of the route source.",
-        snap.source.fetch_duration.map_or(0.0, |d| d.as_secs_f64()),
+        snap.source.fetch_duration.map_or(0.0, seconds_f64),
     );
     gauge_u64(
         out,
@@ -292,12 +332,6 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
         write_u64(out, n);
         out.push(b'\n');
     }
-    counter(
-        out,
-        LOG_LINES_DROPPED,
-        "Log lines dropped because stderr would have blocked the agent (nobody reading it).",
-        process.log_lines_dropped,
-    );
     family(
         out,
         BUILD_INFO,
@@ -306,9 +340,26 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
     );
     out.extend_from_slice(BUILD_INFO.as_bytes());
     out.extend_from_slice(b"{version=\"");
-    write_label_value(out, env!("CARGO_PKG_VERSION"));
+    write_label_value(out, VERSION);
+    out.extend_from_slice(b"\",revision=\"");
+    write_label_value(out, REVISION);
+    out.extend_from_slice(b"\",features=\"");
+    write_label_value(out, FEATURES);
+    out.extend_from_slice(b"\",rustc=\"");
+    write_label_value(out, RUSTC);
     out.extend_from_slice(b"\"} 1\n");
+}
 
+/// The `process_*` families: read at each scrape (CPU, memory and fds change between
+/// snapshot changes), a few hundred bytes rendered after the cached part.
+pub fn render_process(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
+    // Read at each scrape like the process figures (not part of the snapshot).
+    counter(
+        out,
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr would have blocked the agent (nobody reading it).",
+        process.log_lines_dropped,
+    );
     if let Some(v) = process.cpu_seconds {
         family(
             out,
@@ -320,6 +371,26 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
     }
     if let Some(v) = process.resident_bytes {
         gauge_u64(out, PROCESS_RSS, "Resident memory size in bytes.", v);
+    }
+    if let Some(v) = process.virtual_bytes {
+        gauge_u64(out, PROCESS_VIRTUAL, "Virtual memory size in bytes.", v);
+    }
+    if let Some(v) = process.virtual_max_bytes {
+        family(
+            out,
+            PROCESS_VIRTUAL_MAX,
+            "gauge",
+            "Maximum amount of virtual memory available in bytes.",
+        );
+        // As client_golang: a float, so unlimited (u64::MAX) reads 1.8446744073709552e+19.
+        out.extend_from_slice(PROCESS_VIRTUAL_MAX.as_bytes());
+        out.push(b' ');
+        if v == u64::MAX {
+            out.extend_from_slice(b"1.8446744073709552e+19");
+        } else {
+            write_u64(out, v);
+        }
+        out.push(b'\n');
     }
     if let Some(v) = process.open_fds {
         gauge_u64(out, PROCESS_OPEN_FDS, "Number of open file descriptors.", v);
@@ -391,7 +462,7 @@ fn render_envoy(snap: &Snapshot, out: &mut Vec<u8>) {
         if let Some(d) = n.fetch_duration {
             node_series(out, ENVOY_ADMIN_FETCH_DURATION, &n.node);
             out.push(b' ');
-            write_f64(out, d.as_secs_f64());
+            write_seconds(out, d);
             out.push(b'\n');
         }
     }
@@ -522,10 +593,29 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
     let _ = write!(out, "{v}");
 }
 
+/// A duration in milliseconds with at most microsecond precision: `34.842`, not
+/// `34.842000000000005`. One division of an exact integer by a power of ten gives the double
+/// nearest the decimal, and `Display` prints the shortest text that reads back as it: the
+/// decimal itself.
+fn write_millis(out: &mut Vec<u8>, d: Duration) {
+    write_f64(out, d.as_micros() as f64 / 1e3);
+}
+
+/// A duration in seconds with at most microsecond precision (see [`write_millis`]).
+fn write_seconds(out: &mut Vec<u8>, d: Duration) {
+    write_f64(out, seconds_f64(d));
+}
+
+fn seconds_f64(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e6
+}
+
+/// Unix time in seconds, microsecond precision (2^53 µs is year 2255: exact in an f64).
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
+    seconds_f64(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -545,11 +635,35 @@ mod tests {
     fn stat_and_limits_parsing() {
         let stat = "1234 (my (odd) comm) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 \
                     100 12345678 321 18446744073709551615";
-        assert_eq!(parse_stat(stat), (Some(12), Some(321)));
-        assert_eq!(parse_stat("garbage"), (None, None));
+        assert_eq!(parse_stat(stat), (Some(12), Some(321), Some(12345678)));
+        assert_eq!(parse_stat("garbage"), (None, None, None));
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max open files            1024                 524288               files\n";
-        assert_eq!(parse_max_fds(limits), Some(1024));
+                      Max open files            1024                 524288               files\n\
+                      Max address space         unlimited            unlimited            bytes\n";
+        assert_eq!(parse_limit(limits, "Max open files"), Some(1024));
+        assert_eq!(parse_limit(limits, "Max address space"), Some(u64::MAX));
+        assert_eq!(parse_limit(limits, "Max locked memory"), None);
+    }
+
+    #[test]
+    fn durations_print_at_most_microseconds_without_float_noise() {
+        // 34,842 µs was `0.034842000000000005` s before; every value up to 10 s must print as
+        // its decimal with at most 3 (ms) or 6 (s) fractional digits.
+        for micros in (0..10_000_000u64).step_by(7) {
+            let d = Duration::from_micros(micros);
+            let (mut ms, mut secs) = (Vec::new(), Vec::new());
+            write_millis(&mut ms, d);
+            write_seconds(&mut secs, d);
+            let (ms, secs) = (
+                String::from_utf8(ms).unwrap(),
+                String::from_utf8(secs).unwrap(),
+            );
+            let frac = |t: &str| t.split_once('.').map_or(0, |(_, f)| f.len());
+            assert!(frac(&ms) <= 3 && frac(&secs) <= 6, "{micros}: {ms} {secs}");
+            let want_ms = format!("{}.{:03}", micros / 1000, micros % 1000);
+            let want_ms = want_ms.trim_end_matches('0').trim_end_matches('.');
+            assert_eq!(ms, want_ms, "{micros}");
+        }
     }
 
     #[test]
@@ -565,7 +679,7 @@ mod tests {
             0,
             ProbeResult {
                 outcome: Outcome::Reachable {
-                    latency: Duration::from_micros(250),
+                    latency: Duration::from_micros(34_842),
                 },
                 address: None,
                 dns_duration: None,
@@ -624,6 +738,8 @@ mod tests {
             cpu_seconds: Some(0.25),
             open_fds: Some(7),
             max_fds: Some(1024),
+            virtual_bytes: Some(12_345_678),
+            virtual_max_bytes: Some(u64::MAX),
             log_lines_dropped: 3,
         };
         let mut out = Vec::new();
@@ -636,7 +752,7 @@ sigma_backend_reachable{{node="n1",route="we\"ird\\name",listen_port="10001",bac
 sigma_backend_reachable{{node="n1",route="down",listen_port="10002",backend="[::1]:9"}} 0
 # HELP sigma_backend_probe_latency_ms TCP connect time of the last successful probe, in milliseconds (absent while down).
 # TYPE sigma_backend_probe_latency_ms gauge
-sigma_backend_probe_latency_ms{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080"}} 0.25
+sigma_backend_probe_latency_ms{{node="n1",route="we\"ird\\name",listen_port="10001",backend="127.0.0.1:8080"}} 34.842
 # HELP sigma_backend_probe_failures_total Failed probes of the backend by reason (refused, timeout, unreachable, dns, error).
 # TYPE sigma_backend_probe_failures_total counter
 sigma_backend_probe_failures_total{{node="n1",route="down",listen_port="10002",backend="[::1]:9",reason="refused"}} 2
@@ -712,18 +828,24 @@ sigma_health_probe_enabled 1
 # TYPE sigma_agent_resource_errors_total counter
 sigma_agent_resource_errors_total{{op="accept"}} 0
 sigma_agent_resource_errors_total{{op="probe"}} 0
+# HELP sigma_build_info Build information; the value is always 1.
+# TYPE sigma_build_info gauge
+sigma_build_info{{version="{version}",revision="{revision}",features="{features}",rustc="{rustc}"}} 1
 # HELP sigma_log_lines_dropped_total Log lines dropped because stderr would have blocked the agent (nobody reading it).
 # TYPE sigma_log_lines_dropped_total counter
 sigma_log_lines_dropped_total 3
-# HELP sigma_build_info Build information; the value is always 1.
-# TYPE sigma_build_info gauge
-sigma_build_info{{version="{version}"}} 1
 # HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
 # TYPE process_cpu_seconds_total counter
 process_cpu_seconds_total 0.25
 # HELP process_resident_memory_bytes Resident memory size in bytes.
 # TYPE process_resident_memory_bytes gauge
 process_resident_memory_bytes 2000000
+# HELP process_virtual_memory_bytes Virtual memory size in bytes.
+# TYPE process_virtual_memory_bytes gauge
+process_virtual_memory_bytes 12345678
+# HELP process_virtual_memory_max_bytes Maximum amount of virtual memory available in bytes.
+# TYPE process_virtual_memory_max_bytes gauge
+process_virtual_memory_max_bytes 1.8446744073709552e+19
 # HELP process_open_fds Number of open file descriptors.
 # TYPE process_open_fds gauge
 process_open_fds 7
@@ -734,7 +856,10 @@ process_max_fds 1024
 # TYPE process_start_time_seconds gauge
 process_start_time_seconds 1700000000
 "#,
-            version = env!("CARGO_PKG_VERSION")
+            version = VERSION,
+            revision = REVISION,
+            features = FEATURES,
+            rustc = RUSTC,
         );
         assert_eq!(text, want);
     }

@@ -437,6 +437,7 @@ impl Prober {
     /// the route keeps its last result, and a warning is logged when such a run starts.
     fn skip(&mut self, snap: &mut Snapshot, index: usize, e: &dyn std::fmt::Display) {
         snap.agent_errors.probe += 1;
+        snap.touch();
         if self.skipped == 0 {
             let route = snap.routes.get(index).map_or_else(String::new, |s| {
                 format!(" ({}/{})", s.route.node, s.route.name)

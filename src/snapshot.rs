@@ -5,6 +5,10 @@
 //!
 //! Nothing here does I/O or reads the clock: times come in as arguments, so tests use made-up
 //! instants. Memory is bounded by the route count (`route::MAX_ROUTES`).
+//!
+//! Every change bumps [`Snapshot::generation`]: the /metrics body is rendered once per
+//! generation and served from a cache until the next change (`scrape_cache.rs`). The methods
+//! here bump it themselves; code that writes a field directly calls [`Snapshot::touch`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -208,6 +212,8 @@ pub struct Snapshot {
     pub agent_errors: AgentErrors,
     /// When the agent started (process_start_time_seconds).
     pub started_at: SystemTime,
+    /// Bumped by every change (see the module docs).
+    generation: u64,
     /// Envoy admin interfaces read once per cycle, one per node that has an admin port.
     pub envoy_nodes: Vec<EnvoyNode>,
 }
@@ -231,12 +237,24 @@ impl Snapshot {
             },
             agent_errors: AgentErrors::default(),
             started_at,
+            generation: 0,
             envoy_nodes: Vec::new(),
         }
     }
 
+    /// Changes with every change of the snapshot: equal generations mean equal contents.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks a change made by writing fields directly.
+    pub fn touch(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
     /// Re-derives the mismatch of route `index` from its two views; returns a change to log.
     pub fn refresh_mismatch(&mut self, index: usize, at: SystemTime) -> Option<MismatchChange> {
+        self.touch();
         let state = self.routes.get_mut(index)?;
         let envoy = state.envoy.as_ref().and_then(|e| e.healthy);
         let verdict = Mismatch::between(envoy, state.reachable());
@@ -273,6 +291,9 @@ impl Snapshot {
     /// change worth one. The one path for the first read at start and every later read.
     /// Returns whether the route set changed.
     pub fn apply(&mut self, refresh: Refresh, took: Duration) -> bool {
+        if !matches!(refresh, Refresh::Unchanged) {
+            self.touch(); // the source fields below are written directly
+        }
         let routes = match refresh {
             Refresh::Unchanged => return false,
             Refresh::Routes(routes) => {
@@ -321,6 +342,7 @@ impl Snapshot {
         {
             return false;
         }
+        self.touch();
         let mut old: std::collections::HashMap<(String, u16), RouteState> = self
             .routes
             .drain(..)
@@ -340,6 +362,7 @@ impl Snapshot {
 
     /// Records a finished probe of route `index` at wall time `at`.
     pub fn record(&mut self, index: usize, result: ProbeResult, at: SystemTime) -> Change {
+        self.generation = self.generation.wrapping_add(1);
         let Some(state) = self.routes.get_mut(index) else {
             return Change::Same;
         };
@@ -372,6 +395,7 @@ impl Snapshot {
 
     /// Records the end of a probe cycle that took `duration`.
     pub fn cycle_done(&mut self, duration: Duration, overran: bool, at: SystemTime) {
+        self.touch();
         self.cycles_total += 1;
         if overran {
             self.overruns_total += 1;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Interop test: the official MCP Python SDK (`mcp` on PyPI) against the agent's stdio MCP server.
+"""Interop test: the official MCP Python SDK (`mcp` on PyPI) against the agent's MCP server, over
+stdio and over Streamable HTTP (`--mcp-http`, the SDK's `streamable_http_client`).
 
 Spawns `sigma-agent-lite --mcp-stdio --routes-file FILE --health-probe --health-probe-interval 1
 --metrics-port 0` once per SDK client mode and, in each: lists the tools, calls
@@ -14,7 +15,10 @@ Client modes (mcp >= 2.x `Client(mode=...)`): "legacy" (initialize handshake, 20
 probe). Modes the installed SDK lacks are reported and skipped. A final raw-pipe check sends
 lines the SDK never would (too-long line, junk, notification, big id).
 
-Usage: tests/mcp_interop.py [--binary PATH] [--modes legacy,auto,2026-07-28]
+Over HTTP the agent runs with `--mcp-http --metrics-listen 127.0.0.1:0` (the port is read from
+its start-up log line) and the SDK's `Client` is given the URL `http://127.0.0.1:PORT/mcp`.
+
+Usage: tests/mcp_interop.py [--binary PATH] [--modes legacy,auto,2026-07-28] [--transports stdio,http]
 Exit status: 0 all passed, 1 a check failed, 2 the environment is unusable.
 """
 
@@ -27,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,9 +127,52 @@ async def call_until_probed(client: Client) -> dict:
         await anyio.sleep(0.3)
 
 
-async def run_mode(binary: str, routes: Path, mode: str) -> None:
-    params = StdioServerParameters(command=binary, args=server_args(routes))
-    async with Client(params, mode=mode, read_timeout_seconds=REQUEST_TIMEOUT_S) as client:
+class HttpAgent:
+    """The agent with MCP over Streamable HTTP on a loopback port; stopped on exit."""
+
+    def __init__(self, binary: str, routes: Path):
+        args = server_args(routes)
+        args = [a for a in args if a != "--mcp-stdio"]
+        i = args.index("--metrics-port")
+        del args[i : i + 2]
+        self.proc = subprocess.Popen(
+            [binary, "--mcp-http", "--metrics-listen", "127.0.0.1:0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 10
+        self.url = None
+        assert self.proc.stderr is not None
+        while self.url is None:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                raise Failure(f"agent did not start: {line!r}")
+            if "; http 127.0.0.1:" in line:
+                port = line.split("; http 127.0.0.1:")[1].split()[0].rstrip(";")
+                self.url = f"http://127.0.0.1:{port}/mcp"
+        # Keep draining stderr so the agent never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def __enter__(self) -> "HttpAgent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+async def run_mode(binary: str, routes: Path, mode: str, transport: str = "stdio") -> None:
+    if transport == "http":
+        with HttpAgent(binary, routes) as agent:
+            await run_checks(agent.url, mode)
+    else:
+        await run_checks(StdioServerParameters(command=binary, args=server_args(routes)), mode)
+
+
+async def run_checks(server, mode: str) -> None:
+    async with Client(server, mode=mode, read_timeout_seconds=REQUEST_TIMEOUT_S) as client:
         version = client.protocol_version
         check(version == EXPECTED_VERSION[mode], f"negotiated {version}, expected {EXPECTED_VERSION[mode]}")
 
@@ -213,6 +261,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=os.environ.get("SIGMA_AGENT_BIN", "target/debug/sigma-agent-lite"))
     ap.add_argument("--modes", default=",".join(ALL_MODES))
+    ap.add_argument("--transports", default="stdio,http")
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
         print(f"error: {args.binary} is not an executable; cargo build first", file=sys.stderr)
@@ -229,16 +278,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         routes, listener = backends_fixture(Path(tmp))
         with listener:
-            for mode in wanted:
-                if mode not in available:
-                    print(f"SKIP mode={mode}: not supported by this SDK")
-                    continue
-                try:
-                    anyio.run(run_mode, args.binary, routes, mode)
-                    print(f"PASS mode={mode}")
-                except Exception as e:  # noqa: BLE001 - report every failure, keep going
-                    failed += 1
-                    print(f"FAIL mode={mode}: {type(e).__name__}: {e}")
+            for transport in [t for t in args.transports.split(",") if t]:
+                for mode in wanted:
+                    if mode not in available:
+                        print(f"SKIP mode={mode} transport={transport}: not supported by this SDK")
+                        continue
+                    try:
+                        anyio.run(run_mode, args.binary, routes, mode, transport)
+                        print(f"PASS mode={mode} transport={transport}")
+                    except Exception as e:  # noqa: BLE001 - report every failure, keep going
+                        failed += 1
+                        print(f"FAIL mode={mode} transport={transport}: {type(e).__name__}: {e}")
             try:
                 raw_pipe_checks(args.binary, routes)
                 print("PASS raw pipe")

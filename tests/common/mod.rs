@@ -8,6 +8,7 @@ pub mod envoy_admin;
 pub mod pg;
 #[cfg(feature = "tls")]
 pub mod pg_tls;
+pub mod web_pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
