@@ -136,9 +136,6 @@ pub struct Agent {
     /// The route set was just read outside a cycle (SIGHUP, a late fetch) and the cycle
     /// restarted with it: the next cycle need not read the source again.
     routes_fresh: bool,
-    /// The source has answered once (found this VPS or not): a first "not registered" is
-    /// worth a warning.
-    source_answered: bool,
     snapshot: RefCell<Snapshot>,
     /// The /metrics body rendered for the snapshot's current generation.
     scrape_cache: ScrapeCache,
@@ -229,7 +226,6 @@ impl Agent {
             source,
             cycle_waits: None,
             routes_fresh: false,
-            source_answered: false,
             snapshot: RefCell::new(snapshot),
             scrape_cache: ScrapeCache::new(),
             security,
@@ -296,21 +292,19 @@ impl Agent {
                     HTTP_LISTENER => self.accept(Kind::Http, now),
                     MCP_LISTENER => self.accept(Kind::Mcp, now),
                     token if self.source.owns(token) => {
-                        let next_token = &mut self.next_token;
-                        let mut tokens = || {
-                            let t = Token(*next_token);
-                            *next_token += 1;
-                            t
-                        };
+                        let mut tokens = token_counter(&mut self.next_token);
                         let registry = self.poll.registry();
-                        if let Some(done) = self.source.on_event(token, now, registry, &mut tokens)
-                        {
+                        let done = self.source.on_event(token, now, registry, &mut tokens);
+                        drop(tokens);
+                        if let Some(done) = done {
                             self.source_done(done, now);
                         }
                     }
                     token if Some(token) == self.prober.token() => {
                         let snap = &mut *self.snapshot.borrow_mut();
-                        self.prober.on_event(now, wall, self.poll.registry(), snap);
+                        let mut tokens = token_counter(&mut self.next_token);
+                        let registry = self.poll.registry();
+                        self.prober.on_event(now, wall, registry, snap, &mut tokens);
                     }
                     token if self.envoy.owns(token) => {
                         let snap = &mut *self.snapshot.borrow_mut();
@@ -345,16 +339,12 @@ impl Agent {
             }
         }
         if self.source.next_deadline().is_some_and(|d| d <= now) {
-            let next_token = &mut self.next_token;
-            let mut tokens = || {
-                let t = Token(*next_token);
-                *next_token += 1;
-                t
-            };
-            if let Some(done) = self
+            let mut tokens = token_counter(&mut self.next_token);
+            let done = self
                 .source
-                .on_deadline(now, self.poll.registry(), &mut tokens)
-            {
+                .on_deadline(now, self.poll.registry(), &mut tokens);
+            drop(tokens);
+            if let Some(done) = done {
                 self.source_done(done, now);
             }
         }
@@ -369,12 +359,7 @@ impl Agent {
             let wall = SystemTime::now();
             let advance = {
                 let snap = &mut *self.snapshot.borrow_mut();
-                let next_token = &mut self.next_token;
-                let mut tokens = || {
-                    let t = Token(*next_token);
-                    *next_token += 1;
-                    t
-                };
+                let mut tokens = token_counter(&mut self.next_token);
                 self.prober
                     .advance(now, wall, self.poll.registry(), snap, &mut tokens)
             };
@@ -415,12 +400,7 @@ impl Agent {
 
     fn start_envoy_reads(&mut self, now: Instant) {
         let snap = &mut *self.snapshot.borrow_mut();
-        let next_token = &mut self.next_token;
-        let mut tokens = || {
-            let t = Token(*next_token);
-            *next_token += 1;
-            t
-        };
+        let mut tokens = token_counter(&mut self.next_token);
         self.envoy
             .start_cycle(snap, self.poll.registry(), now, self.interval, &mut tokens);
     }
@@ -444,16 +424,12 @@ impl Agent {
     /// Asks the route source again (`force`: SIGHUP, read the file even if unchanged). A
     /// database fetch answers later, through [`Agent::source_done`].
     fn refresh_routes(&mut self, force: bool, now: Instant) {
-        let next_token = &mut self.next_token;
-        let mut tokens = || {
-            let t = Token(*next_token);
-            *next_token += 1;
-            t
-        };
-        if let Some(done) = self
+        let mut tokens = token_counter(&mut self.next_token);
+        let done = self
             .source
-            .begin(force, now, self.poll.registry(), &mut tokens)
-        {
+            .begin(force, now, self.poll.registry(), &mut tokens);
+        drop(tokens);
+        if let Some(done) = done {
             self.source_done(done, now);
         }
     }
@@ -461,58 +437,13 @@ impl Agent {
     /// The route source answered: apply it; start the cycle that waited for it, or (a read
     /// outside a cycle, e.g. SIGHUP) start over if the set changed under a cycle in progress.
     fn source_done(&mut self, (refresh, took): (Refresh, Duration), now: Instant) {
-        let changed = self.apply(refresh, took);
+        let changed = self.snapshot.borrow_mut().apply(refresh, took);
         if self.cycle_waits.take().is_some() {
             self.start_cycle(now);
         } else if changed {
             self.routes_fresh = true;
             self.prober.restart(self.poll.registry(), now);
         }
-    }
-
-    /// Applies a read of the route source to the snapshot. Returns whether the set changed.
-    fn apply(&mut self, refresh: Refresh, took: Duration) -> bool {
-        let snap = &mut *self.snapshot.borrow_mut();
-        if !matches!(refresh, Refresh::Unchanged) {
-            snap.touch(); // the source fields below are written directly
-        }
-        let routes = match refresh {
-            Refresh::Unchanged => return false,
-            Refresh::Routes(routes) => {
-                snap.source.vps_registered = true;
-                self.source_answered = true;
-                routes
-            }
-            Refresh::NotRegistered(message) => {
-                if snap.source.vps_registered || !self.source_answered {
-                    log::warn!("{message}");
-                }
-                self.source_answered = true;
-                snap.source.vps_registered = false;
-                Vec::new()
-            }
-            Refresh::Failed(message) => {
-                snap.source.up = false;
-                snap.source.errors_total += 1;
-                snap.source.fetch_duration = Some(took);
-                log::warn!(
-                    "{message}; keeping the {} routes already known",
-                    snap.routes.len()
-                );
-                return false;
-            }
-        };
-        if !snap.source.up {
-            log::info!("route source is back");
-        }
-        snap.source.up = true;
-        snap.source.fetch_duration = Some(took);
-        let count = routes.len();
-        let changed = snap.set_routes(routes);
-        if changed {
-            log::info!("route set changed: {count} routes");
-        }
-        changed
     }
 
     /// Drives the connection (or stdio) behind `token` after an event or a yield.
@@ -670,8 +601,7 @@ impl Agent {
                 http::refuse(stream);
                 continue;
             }
-            let token = Token(self.next_token);
-            self.next_token += 1;
+            let token = token_counter(&mut self.next_token)();
             let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
                 log::warn!("{kind:?}: cannot register a connection: {e}");
@@ -783,6 +713,15 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// Hands out the next token of the counter (tokens are never reused).
+fn token_counter(next: &mut usize) -> impl FnMut() -> Token + '_ {
+    move || {
+        let t = Token(*next);
+        *next += 1;
+        t
     }
 }
 

@@ -75,14 +75,14 @@ fn run(config: &Config) -> Result<(), (u8, String)> {
         (None, _) => RouteSource::None,
         (Some(path), _) => {
             let mut file = FileSource::new(path.clone());
-            match file.refresh(true, Instant::now(), SystemTime::now()) {
-                Refresh::Routes(routes) => {
-                    snapshot.set_routes(routes);
-                }
+            let started = Instant::now();
+            match file.refresh(true, started, SystemTime::now()) {
                 Refresh::Failed(message) | Refresh::NotRegistered(message) => {
                     return Err((2, format!("{message}, --routes-file")))
                 }
-                Refresh::Unchanged => {}
+                read => {
+                    snapshot.apply(read, started.elapsed());
+                }
             }
             RouteSource::File(file)
         }

@@ -18,7 +18,7 @@
 //!   established connection can get (a reset during the handshake is ECONNREFUSED). So a
 //!   backend that accepts and resets at once is up every time, whatever the timing.
 //!
-//! A backend given by name is first resolved by the agent's own resolver (`dns.rs`) on the
+//! A backend given by name is first resolved by the agent's own resolver (`src/dns/`) on the
 //! same loop; the lookup and the connect share the route's one deadline. Latency is the
 //! connect time alone; the lookup time is reported apart.
 //!
@@ -102,7 +102,8 @@ enum Stage {
     New,
     /// Waiting for the name server.
     Resolving(Box<Lookup>),
-    /// The name resolved; the connect starts on the next `advance`.
+    /// An address to connect to: the name just resolved (connected within the same call), or
+    /// the next address of a strict_dns answer.
     Resolved { ip: IpAddr, dns: Duration },
     Connecting {
         stream: TcpStream,
@@ -535,9 +536,31 @@ impl Prober {
         record(snap, f.index, done, wall);
     }
 
-    /// Handles an event for the probe's token. Returns true if the probe moved on (the
-    /// caller then calls `advance`, which starts what comes next).
+    /// Handles an event for the probe's token. A name that resolved is connected at once (and
+    /// so is the next address of a strict_dns answer). Returns true if the probe moved on (the
+    /// caller's next `advance` starts what comes next).
     pub fn on_event(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        registry: &Registry,
+        snap: &mut Snapshot,
+        next_token: &mut impl FnMut() -> Token,
+    ) -> bool {
+        let moved = self.handle_event(now, wall, registry, snap);
+        if let Some(f) = self.inflight.take() {
+            match f.stage {
+                Stage::Resolved { ip, dns } => {
+                    let address = SocketAddr::new(ip, f.port);
+                    self.connect(registry, snap, f, address, Some(dns), now, wall, next_token);
+                }
+                _ => self.inflight = Some(f),
+            }
+        }
+        moved
+    }
+
+    fn handle_event(
         &mut self,
         now: Instant,
         wall: SystemTime,
@@ -552,7 +575,7 @@ impl Prober {
                 None => None,
                 Some(resolved) => match lookup_done(f, resolved, registry, now) {
                     Step::Connect(mut f, ip, dns) => {
-                        // Connect on the next `advance`, which has the token counter.
+                        // Connected by `on_event` right after this returns.
                         f.stage = Stage::Resolved { ip, dns };
                         self.inflight = Some(f);
                         return true;
@@ -970,7 +993,7 @@ mod tests {
                 .unwrap();
             for ev in events.iter() {
                 if Some(ev.token()) == p.token() {
-                    p.on_event(Instant::now(), wall, poll.registry(), &mut snap);
+                    p.on_event(Instant::now(), wall, poll.registry(), &mut snap, &mut tok);
                 }
             }
         }

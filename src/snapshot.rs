@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::envoy::{EnvoyMatch, Mismatch};
 use crate::route::Route;
+use crate::source::Refresh;
 
 /// Why a probe failed. The order is the order of the failure counters in `RouteState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +155,9 @@ pub struct SourceStatus {
     pub errors_total: u64,
     /// How long the last fetch took.
     pub fetch_duration: Option<Duration>,
+    /// The source has answered once (found this VPS or not): a first "not registered" is
+    /// worth a warning.
+    pub answered: bool,
 }
 
 /// Failures of the agent itself, not of any backend: resources it ran out of.
@@ -229,6 +233,7 @@ impl Snapshot {
                 vps_registered: true,
                 errors_total: 0,
                 fetch_duration: None,
+                answered: false,
             },
             agent_errors: AgentErrors::default(),
             started_at,
@@ -279,6 +284,53 @@ impl Snapshot {
     /// Routes whose two views disagree.
     pub fn mismatches(&self) -> usize {
         self.routes.iter().filter(|s| s.mismatch.is_some()).count()
+    }
+
+    /// Applies a read of the route source (how long it took, for the fetch-duration gauge):
+    /// the route set, the registration and the source's health, with one log line for each
+    /// change worth one. The one path for the first read at start and every later read.
+    /// Returns whether the route set changed.
+    pub fn apply(&mut self, refresh: Refresh, took: Duration) -> bool {
+        if !matches!(refresh, Refresh::Unchanged) {
+            self.touch(); // the source fields below are written directly
+        }
+        let routes = match refresh {
+            Refresh::Unchanged => return false,
+            Refresh::Routes(routes) => {
+                self.source.vps_registered = true;
+                self.source.answered = true;
+                routes
+            }
+            Refresh::NotRegistered(message) => {
+                if self.source.vps_registered || !self.source.answered {
+                    log::warn!("{message}");
+                }
+                self.source.answered = true;
+                self.source.vps_registered = false;
+                Vec::new()
+            }
+            Refresh::Failed(message) => {
+                self.source.up = false;
+                self.source.errors_total += 1;
+                self.source.fetch_duration = Some(took);
+                log::warn!(
+                    "{message}; keeping the {} routes already known",
+                    self.routes.len()
+                );
+                return false;
+            }
+        };
+        if !self.source.up {
+            log::info!("route source is back");
+        }
+        self.source.up = true;
+        self.source.fetch_duration = Some(took);
+        let count = routes.len();
+        let changed = self.set_routes(routes);
+        if changed {
+            log::info!("route set changed: {count} routes");
+        }
+        changed
     }
 
     /// Replaces the route set. A route whose node, name, listen port and backend are all
@@ -373,6 +425,30 @@ mod tests {
 
     fn route(node: &str, port: u16, backend_port: u16) -> Route {
         Route::new(node, "r", port, "127.0.0.1", backend_port).unwrap()
+    }
+
+    #[test]
+    fn apply_reads_of_the_source() {
+        let ms = Duration::from_millis;
+        let mut snap = Snapshot::new(true, Duration::from_secs(30), SystemTime::UNIX_EPOCH);
+        snap.source.vps_registered = false; // a database source starts unregistered
+        assert!(!snap.apply(Refresh::Unchanged, ms(1)));
+        assert_eq!(snap.source.fetch_duration, None);
+        assert!(snap.apply(Refresh::Routes(vec![route("n", 1, 2)]), ms(3)));
+        assert!(snap.source.up && snap.source.vps_registered && snap.source.answered);
+        assert_eq!(snap.source.fetch_duration, Some(ms(3)));
+        // The same set again: nothing changed.
+        assert!(!snap.apply(Refresh::Routes(vec![route("n", 1, 2)]), ms(2)));
+        // A failure keeps the routes, marks the source down and counts.
+        assert!(!snap.apply(Refresh::Failed("db down".into()), ms(2000)));
+        assert_eq!(snap.routes.len(), 1);
+        assert!(!snap.source.up);
+        assert_eq!(snap.source.errors_total, 1);
+        assert_eq!(snap.source.fetch_duration, Some(ms(2000)));
+        // Not registered: nothing to probe, source up again.
+        assert!(snap.apply(Refresh::NotRegistered("gone".into()), ms(4)));
+        assert!(snap.routes.is_empty());
+        assert!(snap.source.up && !snap.source.vps_registered);
     }
 
     fn result(outcome: Outcome) -> ProbeResult {
