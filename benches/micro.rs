@@ -12,15 +12,15 @@
 //! `scripts/bench.sh` merges into `target/bench.json`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use sigma_agent_lite::fixtures;
 use sigma_agent_lite::http::{self, Parse};
 use sigma_agent_lite::json;
 use sigma_agent_lite::mcp;
 use sigma_agent_lite::metrics::{self, ProcessStats};
 use sigma_agent_lite::route::{self, Route};
 use sigma_agent_lite::scrape_cache::ScrapeCache;
-use sigma_agent_lite::snapshot::{Outcome, ProbeResult, Reason, Snapshot};
 
 /// Samples per benchmark; the median of these is the result.
 const SAMPLES: usize = 21;
@@ -75,60 +75,8 @@ fn bench(name: &str, mut f: impl FnMut()) -> Result {
     }
 }
 
-/// `n` loopback routes, the shape of a real fleet's (node, route name, listen port, backend).
-fn routes(n: usize) -> Vec<Route> {
-    (0..n)
-        .map(|i| {
-            Route::new(
-                &format!("layer4-{:02}", i / 1000),
-                &format!("tcp-proxy-{i:05}"),
-                (10_000 + i % 1000) as u16,
-                "127.0.0.1",
-                (20_000 + i % 40_000) as u16,
-            )
-            .expect("valid route")
-        })
-        .collect()
-}
-
-/// A snapshot of `n` routes after a few cycles: 90 % reachable, 10 % down with failures of
-/// two reasons (so the failure-counter family has series too), as a real scrape would see.
-fn filled_snapshot(n: usize) -> Snapshot {
-    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
-    snap.set_routes(routes(n));
-    for cycle in 0..3u64 {
-        for i in 0..n {
-            let outcome = if i % 10 == 9 {
-                Outcome::Failed(if cycle == 0 {
-                    Reason::Timeout
-                } else {
-                    Reason::Refused
-                })
-            } else {
-                Outcome::Reachable {
-                    latency: Duration::from_micros(40 + (i as u64 * 7) % 300),
-                }
-            };
-            snap.record(
-                i,
-                ProbeResult {
-                    outcome,
-                    address: None,
-                    dns_duration: None,
-                    detail: None,
-                    addresses: None,
-                },
-                t0,
-            );
-        }
-        snap.cycle_done(Duration::from_millis(80), false, t0);
-    }
-    snap
-}
-
 fn bench_render(n: usize) -> Result {
-    let snap = filled_snapshot(n);
+    let snap = fixtures::fleet(n).0;
     let process = process_figures();
     // The HTTP connection reuses its buffer between scrapes; so does this.
     let mut out = Vec::new();
@@ -158,7 +106,7 @@ fn process_figures() -> ProcessStats {
 /// A change of the snapshot as a gzip scrape pays for it once: render the snapshot part and
 /// deflate it (level 6) — what every gzip scrape would cost without the cache.
 fn bench_render_gzip(n: usize) -> Result {
-    let mut snap = filled_snapshot(n);
+    let mut snap = fixtures::fleet(n).0;
     let process = process_figures();
     let mut cache = ScrapeCache::new();
     let mut out = Vec::new();
@@ -178,7 +126,7 @@ fn bench_render_gzip(n: usize) -> Result {
 /// A scrape served from the cache (snapshot unchanged): copy the cached part, render and
 /// (for gzip) deflate the process tail, append the trailer.
 fn bench_cached_scrape(n: usize, gzip: bool) -> Result {
-    let snap = filled_snapshot(n);
+    let snap = fixtures::fleet(n).0;
     let process = process_figures();
     let mut cache = ScrapeCache::new();
     let mut out = Vec::new();
@@ -211,7 +159,7 @@ fn bench_parse_head() -> Result {
 
 fn bench_parse_routes(n: usize) -> Result {
     let mut text = String::from("# node route listen backend\n");
-    for r in routes(n) {
+    for r in fixtures::routes(n) {
         text.push_str(&format!(
             "{} {} {} {}\n",
             r.node, r.name, r.listen_port, r.backend
@@ -230,46 +178,6 @@ fn bench_process_stats() -> Result {
     })
 }
 
-/// A snapshot of `n` routes after a few cycles as the prober leaves it for MCP: every route
-/// has a result with the address connected to; 90 % reachable, 10 % refused with the OS
-/// error as detail (what `query_backend_health` lists with `unreachable_only`).
-fn probed_snapshot(n: usize) -> (Snapshot, SystemTime) {
-    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
-    snap.set_routes(routes(n));
-    for cycle in 0..3u64 {
-        let at = t0 + Duration::from_secs(30 * cycle);
-        for i in 0..n {
-            let route = &snap.routes[i].route;
-            let address = Some(std::net::SocketAddr::from(([127, 0, 0, 1], route.port)));
-            let result = if i % 10 == 9 {
-                ProbeResult {
-                    outcome: Outcome::Failed(Reason::Refused),
-                    address,
-                    dns_duration: None,
-                    detail: Some("Connection refused (os error 111)".into()),
-                    addresses: None,
-                }
-            } else {
-                ProbeResult {
-                    outcome: Outcome::Reachable {
-                        latency: Duration::from_micros(40 + (i as u64 * 7) % 300),
-                    },
-                    address,
-                    dns_duration: None,
-                    detail: None,
-                    addresses: None,
-                }
-            };
-            snap.record(i, result, at);
-        }
-        snap.cycle_done(Duration::from_millis(80), false, at);
-    }
-    // Asked 5 s after the last cycle ended: status "current".
-    let now = t0 + Duration::from_secs(65);
-    (snap, now)
-}
-
 /// A `tools/call` request line as an MCP client sends it (handshake era, no `_meta`).
 fn tools_call_line(arguments: &str) -> String {
     format!(
@@ -283,7 +191,7 @@ fn tools_call_line(arguments: &str) -> String {
 /// buffer reused between calls, as a connection does.
 fn bench_mcp_tools_call(unreachable_only: bool) -> Result {
     let n = 1_000;
-    let (snap, now) = probed_snapshot(n);
+    let (snap, now) = fixtures::fleet(n);
     let arguments = if unreachable_only {
         r#"{"unreachable_only":true}"#
     } else {
@@ -378,7 +286,7 @@ fn bench_envoy_admin(n: usize) -> Result {
     let routes: Vec<Route> = (0..n)
         .map(|i| {
             let host = format!("127.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255);
-            Route::new("n", &format!("r{i}"), 1 + i as u16, &host, 443).unwrap()
+            fixtures::route("n", &format!("r{i}"), 1 + i as u16, &host, 443)
         })
         .collect();
     let mut r = bench(

@@ -19,7 +19,6 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::Config;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::envoy_admin::EnvoyAdmin;
-use crate::http;
 use crate::mcp_peer::{self, Peer};
 use crate::metrics::ProcessStats;
 use crate::prober::{Advance, Prober};
@@ -29,6 +28,7 @@ use crate::snapshot::Snapshot;
 use crate::source::{Refresh, RouteSource};
 use crate::stdio::{StdIn, StdOut};
 use crate::web_tls::{WebSecurity, WebSecurityConfig};
+use crate::{http, http_conn};
 
 const SIGNALS: Token = Token(0);
 const HTTP_LISTENER: Token = Token(1);
@@ -71,7 +71,7 @@ enum Kind {
 
 /// A socket with a token from the counter.
 enum Entry {
-    Http(http::Conn),
+    Http(http_conn::Conn),
     Mcp(McpConn),
 }
 
@@ -491,7 +491,7 @@ impl Agent {
                     mcp_http: self.mcp_http,
                     wall: SystemTime::now(),
                 };
-                conn.drive(now, &mut serve) == http::Status::Close
+                conn.drive(now, &mut serve) == http_conn::Status::Close
             }
             Some(Entry::Mcp(conn)) => {
                 conn.deadline = now + MCP_IDLE_TIMEOUT;
@@ -598,7 +598,7 @@ impl Agent {
             freed = false;
             if !self.make_room(kind, false) {
                 log::warn!("{kind:?}: every connection is busy, refusing {peer} with 503");
-                http::refuse(stream);
+                http_conn::refuse(stream);
                 continue;
             }
             let token = token_counter(&mut self.next_token)();
@@ -629,12 +629,12 @@ impl Agent {
     }
 
     /// A new HTTP connection: TLS when the listener has a certificate.
-    fn http_conn(&self, stream: mio::net::TcpStream, now: Instant) -> io::Result<http::Conn> {
+    fn http_conn(&self, stream: mio::net::TcpStream, now: Instant) -> io::Result<http_conn::Conn> {
         #[cfg(feature = "tls")]
         if let Some(config) = &self.security.tls {
-            return http::Conn::with_tls(stream, config.clone(), now);
+            return http_conn::Conn::with_tls(stream, config.clone(), now);
         }
-        Ok(http::Conn::new(stream, now))
+        Ok(http_conn::Conn::new(stream, now))
     }
 
     /// Out of descriptors with none to free: closes the reserve descriptor, accepts one queued
@@ -654,7 +654,7 @@ impl Agent {
             Some(Ok((stream, peer))) => {
                 log::debug!("{kind:?}: out of file descriptors, refusing {peer}");
                 if let Kind::Http = kind {
-                    http::refuse(stream);
+                    http_conn::refuse(stream);
                 }
                 true
             }
@@ -666,7 +666,7 @@ impl Agent {
 
     /// Makes room for one more connection of `kind`: at the listener's limit (or always, with
     /// `force`: out of descriptors) closes the least recently active connection that can be
-    /// spared (for HTTP one not being written a response, see `http::Conn::evictable`).
+    /// spared (for HTTP one not being written a response, see `http_conn::Conn::evictable`).
     /// True when there is room; false when none can go (only HTTP, all mid-response), or with
     /// `force` when there is no connection of that kind to close.
     fn make_room(&mut self, kind: Kind, force: bool) -> bool {
@@ -686,7 +686,7 @@ impl Agent {
             }
         }
         let limit = match kind {
-            Kind::Http => http::MAX_CONNECTIONS,
+            Kind::Http => http_conn::MAX_CONNECTIONS,
             Kind::Mcp => MCP_MAX_CONNECTIONS,
         };
         if count < limit && !force {

@@ -1,5 +1,5 @@
 //! HTTP/1.1 for `/metrics`, `/healthz`, `/-/healthy`, `/-/ready` and `/`: a pure request-head
-//! parser, the responses, and the per-connection state the event loop drives.
+//! parser and the responses (bytes in, bytes out, no I/O).
 //!
 //! `/-/healthy` and `/-/ready` follow the Prometheus exporters' convention: healthy is 200
 //! whenever the loop answers (like `/healthz`), ready is 200 once the first probe cycle has
@@ -33,53 +33,25 @@
 //! `Authorization: Bearer <token>`. `/healthz`, `/-/healthy`, `/-/ready` and `/` stay open
 //! (liveness probes and load balancers carry no token; they reveal nothing about backends).
 //!
-//! Limits (named below): [`MAX_CONNECTIONS`], [`MAX_HEAD_BYTES`], [`IDLE_TIMEOUT`],
-//! [`HEAD_TIMEOUT`], [`HANDSHAKE_TIMEOUT`], [`WRITE_TIMEOUT`].
-
-use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
-
-use mio::net::TcpStream;
+//! The connection that reads requests and writes these responses is `http_conn.rs`.
+//!
+//! Limits (named below): [`MAX_HEAD_BYTES`], [`MAX_RESPONSE_BYTES_IN_FLIGHT`]; the
+//! connection's own (count, timeouts) are in `http_conn.rs`.
 
 use crate::mcp;
 use crate::metrics::{self, ProcessStats};
 use crate::scrape_cache::ScrapeCache;
 use crate::snapshot::Snapshot;
-#[cfg(feature = "tls")]
-use crate::web_tls::TlsIo;
 use crate::web_tls::WebSecurity;
 
-/// Connections served at once. Prometheus needs one; 256 leaves room for curls and
-/// dashboards while bounding memory (~8 KiB of head buffer each at most, plus the response
-/// being written). Past it a new connection closes the least recently active one that is not
-/// being written a response (see [`Conn::evictable`]): a kept-alive or silent connection costs
-/// its owner a reconnect, where refusing the newcomer would let any 256 clients lock
-/// Prometheus out for as long as they like.
-pub const MAX_CONNECTIONS: usize = 256;
 /// Largest request head (request line + headers): a scrape's is ~200 bytes; 8 KiB is what
 /// common servers accept. Larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// A connection with nothing to say for this long (before its first request, or between
-/// keep-alive requests) is closed. Prometheus reuses its connection every scrape interval
-/// and reconnects transparently.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Once a request head has started, it must be complete within this (slowloris bound).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// A TLS client must finish its handshake and send its first request head within this: a
-/// loopback handshake takes ~2 ms, a distant Prometheus a few round trips. A peer that
-/// stalls holds its own slot until then and delays no one else.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A response that makes no progress for this long is abandoned (a peer that stopped reading);
-/// every write that makes progress restarts it.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of responses being written, all connections together, past which a new /metrics
 /// scrape gets 503 instead of another rendered copy: a scrape of 10,000 routes is 2.5 MiB, so
 /// 256 slow readers could otherwise hold 640 MiB on a 512 MiB host. 8 MiB lets ~30 scrapes of
 /// 1,000 routes (or 3 of 10,000) be in flight at once; the unit's `MemoryMax` is 32 MiB.
 pub const MAX_RESPONSE_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
-/// Response buffers above this are freed after use, so one big scrape doesn't pin memory in
-/// every keep-alive connection.
-const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 /// Room reserved before a rendered body for the status line and headers, so the head can be
 /// written in front of the body without moving it.
 const HEAD_RESERVE: usize = 256;
@@ -640,259 +612,10 @@ pub fn respond_error(status: u16, out: &mut Vec<u8>) -> usize {
     finish_response(out, status, "text/plain; charset=utf-8", "", true, false)
 }
 
-/// What the event loop should do with a connection after driving it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Status {
-    Continue,
-    Close,
-}
-
-/// One HTTP client connection.
-pub struct Conn {
-    pub stream: TcpStream,
-    /// The TLS session, on a TLS listener.
-    #[cfg(feature = "tls")]
-    tls: Option<TlsIo>,
-    /// The response was the last: only TLS records (close_notify) remain to send.
-    closing: bool,
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
-    close_after_write: bool,
-    /// Bytes of head + body the request being read needs in `inbuf` (a `POST /mcp`).
-    need: usize,
-    /// When bytes last arrived or a response was last completed (or the accept): the least
-    /// recently active connection is the one closed to make room.
-    pub last_active: Instant,
-    /// When this connection times out (idle, slow head, or stalled write).
-    pub deadline: Instant,
-}
-
-impl Conn {
-    pub fn new(stream: TcpStream, now: Instant) -> Conn {
-        Conn {
-            stream,
-            #[cfg(feature = "tls")]
-            tls: None,
-            closing: false,
-            inbuf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            close_after_write: false,
-            need: 0,
-            last_active: now,
-            deadline: now + IDLE_TIMEOUT,
-        }
-    }
-
-    /// A connection on the TLS listener: the handshake must be done within
-    /// [`HANDSHAKE_TIMEOUT`].
-    #[cfg(feature = "tls")]
-    pub fn with_tls(
-        stream: TcpStream,
-        config: std::sync::Arc<rustls::ServerConfig>,
-        now: Instant,
-    ) -> io::Result<Conn> {
-        let mut conn = Conn::new(stream, now);
-        conn.tls = Some(TlsIo::new(config)?);
-        conn.deadline = now + HANDSHAKE_TIMEOUT;
-        Ok(conn)
-    }
-
-    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &mut self.tls {
-            return tls.read(&mut self.stream, buf);
-        }
-        self.stream.read(buf)
-    }
-
-    fn write_some(&mut self, from: usize) -> io::Result<usize> {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &mut self.tls {
-            return tls.write(&mut self.stream, &self.out[from..]);
-        }
-        self.stream.write(&self.out[from..])
-    }
-
-    /// Sends TLS records already made (handshake, encrypted response); Ok(true) when none is
-    /// left. Always true without TLS.
-    fn flush_tls(&mut self) -> io::Result<bool> {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &mut self.tls {
-            return tls.flush(&mut self.stream);
-        }
-        Ok(true)
-    }
-
-    /// Queues TLS close_notify after the last response; false without TLS (close now).
-    fn start_tls_close(&mut self) -> bool {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &mut self.tls {
-            tls.close();
-            self.closing = true;
-            return true;
-        }
-        false
-    }
-
-    /// Bytes of the response not yet written.
-    pub fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
-    /// May be closed to make room: it is not being written a response (idle, kept alive
-    /// between requests, or sending a head). A response in progress is never cut; those are
-    /// bounded by [`WRITE_TIMEOUT`] and [`MAX_RESPONSE_BYTES_IN_FLIGHT`].
-    pub fn evictable(&self) -> bool {
-        self.pending() == 0
-    }
-
-    /// Reads, answers and writes until the socket would block. `process` reads the process
-    /// figures, only when a /metrics response is built.
-    pub fn drive(&mut self, now: Instant, serve: &mut Serve<'_>) -> Status {
-        loop {
-            match self.flush_tls() {
-                Ok(true) if self.closing => return Status::Close,
-                Ok(true) => {}
-                Ok(false) => return Status::Continue,
-                Err(e) => {
-                    log::debug!("http: TLS write failed: {e}");
-                    return Status::Close;
-                }
-            }
-            if self.out_pos < self.out.len() {
-                let before = self.out_pos;
-                let flushed = self.flush();
-                if self.out_pos > before {
-                    // A slow reader that keeps reading is not stalled.
-                    self.deadline = now + WRITE_TIMEOUT;
-                }
-                match flushed {
-                    Ok(true) => {}
-                    Ok(false) => return Status::Continue,
-                    Err(e) => {
-                        log::debug!("http: write failed: {e}");
-                        return Status::Close;
-                    }
-                }
-                if self.close_after_write {
-                    if self.start_tls_close() {
-                        continue; // send close_notify, then close
-                    }
-                    return Status::Close;
-                }
-                self.last_active = now;
-                self.deadline = now + IDLE_TIMEOUT;
-                if self.out.capacity() > KEEP_BUFFER_BYTES {
-                    self.out = Vec::new();
-                }
-                self.out.clear();
-                self.out_pos = 0;
-            }
-            match parse_head(&self.inbuf) {
-                Parse::Complete(req, len) if reads_body(&req, serve.mcp_http) => {
-                    let n = match req.body {
-                        Body::Length(n) if n <= mcp::MAX_LINE_BYTES as u64 => n as usize,
-                        Body::Length(_) => {
-                            log::debug!(
-                                "http: POST /mcp body over {} bytes, answering 413",
-                                mcp::MAX_LINE_BYTES
-                            );
-                            self.answer_error(413, now);
-                            continue;
-                        }
-                        Body::Encoded => {
-                            self.answer_error(411, now);
-                            continue;
-                        }
-                        Body::None => 0,
-                    };
-                    if self.inbuf.len() < len + n {
-                        self.need = len + n; // read on, under the head's deadline
-                    } else {
-                        self.need = 0;
-                        self.close_after_write = req.close;
-                        self.out_pos =
-                            respond(&req, &self.inbuf[len..len + n], serve, &mut self.out);
-                        self.inbuf.drain(..len + n);
-                        self.deadline = now + WRITE_TIMEOUT;
-                        continue;
-                    }
-                }
-                Parse::Complete(req, len) => {
-                    self.close_after_write = req.close || req.body != Body::None;
-                    self.out_pos = respond(&req, &[], serve, &mut self.out);
-                    self.inbuf.drain(..len);
-                    self.deadline = now + WRITE_TIMEOUT;
-                    continue;
-                }
-                Parse::Error(status) => {
-                    log::debug!("http: bad request, answering {status}");
-                    self.close_after_write = true;
-                    self.out_pos = respond_error(status, &mut self.out);
-                    self.inbuf.clear();
-                    self.deadline = now + WRITE_TIMEOUT;
-                    continue;
-                }
-                Parse::Incomplete => {}
-            }
-            let mut chunk = [0u8; 4096];
-            let limit = (MAX_HEAD_BYTES + 4).max(self.need);
-            let room = limit.saturating_sub(self.inbuf.len()).min(chunk.len());
-            match self.read_some(&mut chunk[..room]) {
-                Ok(0) => return Status::Close,
-                Ok(n) => {
-                    self.last_active = now;
-                    if self.inbuf.is_empty() {
-                        self.deadline = self.deadline.min(now + HEAD_TIMEOUT);
-                    }
-                    self.inbuf.extend_from_slice(&chunk[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Status::Continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::debug!("http: read failed: {e}");
-                    return Status::Close;
-                }
-            }
-        }
-    }
-
-    /// Answers `status` and closes after it.
-    fn answer_error(&mut self, status: u16, now: Instant) {
-        self.close_after_write = true;
-        self.out_pos = respond_error(status, &mut self.out);
-        self.inbuf.clear();
-        self.need = 0;
-        self.deadline = now + WRITE_TIMEOUT;
-    }
-
-    /// Writes pending output; Ok(true) when all is written, Ok(false) on WouldBlock.
-    fn flush(&mut self) -> io::Result<bool> {
-        while self.out_pos < self.out.len() {
-            match self.write_some(self.out_pos) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// Answers a connection we won't keep (over the limit) with a 503, best effort.
-pub fn refuse(mut stream: TcpStream) {
-    let mut out = Vec::new();
-    let start = respond_error(503, &mut out);
-    let _ = stream.write(&out[start..]);
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {
         match parse_head(buf) {
@@ -1048,11 +771,7 @@ mod tests {
 
     #[test]
     fn bearer_token_guards_metrics_only() {
-        let snap = Snapshot::new(
-            false,
-            Duration::from_secs(30),
-            std::time::SystemTime::UNIX_EPOCH,
-        );
+        let snap = unprobed();
         let security = WebSecurity::with_token(b"tok");
         let mut cache = ScrapeCache::new();
         let mut ask = |raw: &str| {
@@ -1140,7 +859,34 @@ mod tests {
         assert_eq!(parse_head(&over), Parse::Error(431));
     }
 
-    fn serve(snap: &Snapshot, in_flight: usize) -> Serve<'_> {
+    /// Probing off, nothing known: what the plain endpoints need.
+    fn unprobed() -> Snapshot {
+        Snapshot::new(
+            false,
+            Duration::from_secs(30),
+            std::time::SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    /// A request as `parse_head` would give for `method path` with no headers.
+    fn request(method: Method, path: &str) -> Request<'_> {
+        Request {
+            method,
+            path,
+            close: false,
+            gzip: false,
+            authorization: None,
+            body: Body::None,
+            host: None,
+            origin: None,
+            content_type: None,
+            mcp_protocol_version: None,
+        }
+    }
+
+    /// What a connection needs to answer from `snap`, with default settings (no token, no TLS,
+    /// no MCP over HTTP); `http_conn`'s tests use it too.
+    pub(crate) fn serve(snap: &Snapshot, in_flight: usize) -> Serve<'_> {
         Serve {
             snap,
             // Leaked: a test helper's cache and settings live as long as the test process.
@@ -1154,11 +900,7 @@ mod tests {
     }
 
     fn response(req: &Request<'_>) -> String {
-        let snap = Snapshot::new(
-            false,
-            Duration::from_secs(30),
-            std::time::SystemTime::UNIX_EPOCH,
-        );
+        let snap = unprobed();
         let mut out = Vec::new();
         let start = respond(req, &[], &mut serve(&snap, 0), &mut out);
         String::from_utf8(out[start..].to_vec()).unwrap()
@@ -1166,18 +908,7 @@ mod tests {
 
     #[test]
     fn responses() {
-        let get = |path| Request {
-            method: Method::Get,
-            path,
-            close: false,
-            gzip: false,
-            authorization: None,
-            body: Body::None,
-            host: None,
-            origin: None,
-            content_type: None,
-            mcp_protocol_version: None,
-        };
+        let get = |path| request(Method::Get, path);
         assert_eq!(
             response(&get("/healthz")),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n\r\nok\n"
@@ -1187,11 +918,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 29\r\n\r\nsigma-agent-lite is Healthy.\n"
         );
         // Probing on, no cycle completed yet: not ready; after one: ready.
-        let mut snap = Snapshot::new(
-            true,
-            Duration::from_secs(30),
-            std::time::SystemTime::UNIX_EPOCH,
-        );
+        let mut snap = crate::fixtures::snapshot(Vec::new());
         let mut out = Vec::new();
         let start = respond(&get("/-/ready"), &[], &mut serve(&snap, 0), &mut out);
         assert_eq!(
@@ -1210,33 +937,14 @@ mod tests {
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 10\r\n\r\nNot Found\n"
         );
         let post = Request {
-            method: Method::Other,
-            path: "/metrics",
             close: true,
-            gzip: false,
-            authorization: None,
-            body: Body::None,
-            host: None,
-            origin: None,
-            content_type: None,
-            mcp_protocol_version: None,
+            ..request(Method::Other, "/metrics")
         };
         assert_eq!(
             response(&post),
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\nMethod Not Allowed\n"
         );
-        let head = Request {
-            method: Method::Head,
-            path: "/metrics",
-            close: false,
-            gzip: false,
-            authorization: None,
-            body: Body::None,
-            host: None,
-            origin: None,
-            content_type: None,
-            mcp_protocol_version: None,
-        };
+        let head = request(Method::Head, "/metrics");
         let text = response(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: "));
         assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text}");
@@ -1252,11 +960,7 @@ mod tests {
         let full = response(&get("/metrics"));
         assert_eq!(full.len() - full.find("\r\n\r\n").unwrap() - 4, len);
         // Too much already being written elsewhere: a scrape is refused, /healthz still served.
-        let snap = Snapshot::new(
-            false,
-            Duration::from_secs(30),
-            std::time::SystemTime::UNIX_EPOCH,
-        );
+        let snap = unprobed();
         let mut out = Vec::new();
         let busy = MAX_RESPONSE_BYTES_IN_FLIGHT + 1;
         let start = respond(&get("/metrics"), &[], &mut serve(&snap, busy), &mut out);

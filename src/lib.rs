@@ -7,9 +7,12 @@ pub mod dns;
 pub mod envoy;
 pub mod envoy_admin;
 pub mod event_loop;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod gzip;
 pub mod http;
 pub mod http_client;
+pub mod http_conn;
 pub mod json;
 pub mod logging;
 pub mod mcp;
@@ -22,6 +25,7 @@ pub mod pg_tls;
 #[cfg(feature = "postgres")]
 pub mod pg_wire;
 pub mod prober;
+pub mod report;
 pub mod route;
 pub mod scrape_cache;
 pub mod signals;

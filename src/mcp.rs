@@ -41,21 +41,17 @@
 //! [`MAX_ECHOED_BYTES`] of any client-supplied name echoed in an error message. A tool answer
 //! is bounded by `route::MAX_ROUTES` entries (about 1 KB each, counting the text copy).
 
-use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::json::{self, ObjectWriter, Value};
-use crate::snapshot::{Outcome, RouteState, Snapshot};
+use crate::report::{self, Filter};
+use crate::snapshot::Snapshot;
 
 /// Longest accepted message line, without its `\n` (a `\r` before it counts). MCP messages
 /// from a client are small (a `tools/call` with one boolean argument is ~300 bytes); 1 MiB
 /// leaves room for any sane `_meta` while bounding what one peer can make us buffer. It
 /// equals `json::MAX_INPUT_LEN`, so every line the framer passes on is parseable by size.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
-
-/// Capacity the framer keeps between lines. After a long line the buffer is freed instead of
-/// holding up to 1 MiB per idle connection; typical lines fit without reallocating.
-pub const RETAINED_BUFFER_BYTES: usize = 64 * 1024;
 
 /// At most this much of a client-supplied string (method, tool or argument name, version) is
 /// echoed in an error message, so an error about a 1 MiB name is not itself 1 MiB.
@@ -87,11 +83,6 @@ pub const TOOL_NAME: &str = "query_backend_health";
 /// capabilities are fixed for the life of the process, so a client may cache them for an
 /// hour; a restart (the only way they change) restarts a stdio client's session anyway.
 pub const LIST_TTL_MS: u64 = 3_600_000;
-
-/// The tool reports `status: "stale"` when the last cycle ended more than this many cycle
-/// periods ago (period = max(interval, last cycle duration)). One late cycle is an overrun;
-/// three in a row means the prober is stuck and the numbers must not be trusted.
-pub const STALE_AFTER_PERIODS: u32 = 3;
 
 // JSON-RPC 2.0 error codes, and the one MCP code we emit.
 pub const PARSE_ERROR: i64 = -32700;
@@ -130,165 +121,6 @@ const INPUT_SCHEMA: &str = concat!(
     r#""description":"true: list only backends where Envoy's view and this host's probe disagree. Default false.","#,
     r#""default":false}},"additionalProperties":false}"#
 );
-
-/// `outputSchema` of the tool: exactly what `write_health` emits. Nullable fields are
-/// `anyOf` a single-type schema and `{"type":"null"}`, never a type array
-/// (`"type":["string","null"]`) nor a `null` in an `enum`: single-type dialects (the OpenAPI
-/// subset of Gemini function declarations, MCP Inspector `--strict`) reject those, and every
-/// JSON Schema validator reads `anyOf` the same.
-const OUTPUT_SCHEMA: &str = concat!(
-    r#"{"type":"object","properties":{"#,
-    r#""status":{"type":"string","enum":["current","stale","awaiting_first_cycle","probing_disabled"]},"#,
-    r#""note":{"type":"string"},"#,
-    r#""generated_at":{"type":"string","format":"date-time"},"#,
-    r#""unreachable_only":{"type":"boolean"},"#,
-    r#""mismatch_only":{"type":"boolean"},"#,
-    r#""summary":{"type":"object","properties":{"#,
-    r#""routes":{"type":"integer","minimum":0},"#,
-    r#""reachable":{"type":"integer","minimum":0},"#,
-    r#""unreachable":{"type":"integer","minimum":0},"#,
-    r#""not_probed":{"type":"integer","minimum":0},"#,
-    r#""mismatches":{"type":"integer","minimum":0},"#,
-    r#""cycles_completed":{"type":"integer","minimum":0},"#,
-    r#""last_cycle_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
-    r#""last_cycle_duration_seconds":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
-    r#""probe_enabled":{"type":"boolean"},"#,
-    r#""probe_interval_seconds":{"type":"number","minimum":0}},"#,
-    r#""required":["routes","reachable","unreachable","not_probed","mismatches","cycles_completed","#,
-    r#""last_cycle_at","last_cycle_duration_seconds","probe_enabled","probe_interval_seconds"]},"#,
-    r#""envoy_admin":{"type":"array","items":{"type":"object","properties":{"#,
-    r#""node":{"type":"string"},"#,
-    r#""admin_port":{"type":"integer","minimum":1,"maximum":65535},"#,
-    r#""up":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
-    r#""error":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
-    r#""fetch_duration_seconds":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
-    r#""hosts":{"type":"integer","minimum":0}},"#,
-    r#""required":["node","admin_port","up","error","fetch_duration_seconds","hosts"]}},"#,
-    r#""backends":{"type":"array","items":{"type":"object","properties":{"#,
-    r#""node":{"type":"string"},"#,
-    r#""route":{"type":"string"},"#,
-    r#""listen_port":{"type":"integer","minimum":1,"maximum":65535},"#,
-    r#""backend":{"type":"string"},"#,
-    r#""address":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
-    r#""reachable":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
-    r#""latency_ms":{"anyOf":[{"type":"number","minimum":0},{"type":"null"}]},"#,
-    r#""reason":{"anyOf":[{"type":"string","enum":["refused","timeout","unreachable","dns","error"]},{"type":"null"}]},"#,
-    r#""detail":{"anyOf":[{"type":"string"},{"type":"null"}]},"#,
-    r#""last_probe_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
-    r#""last_change_at":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
-    r#""consecutive_failures":{"type":"integer","minimum":0},"#,
-    r#""envoy":{"anyOf":[{"type":"object","properties":{"#,
-    r#""healthy":{"anyOf":[{"type":"boolean"},{"type":"null"}]},"#,
-    r#""mismatch":{"anyOf":[{"type":"string","enum":["envoy_healthy_agent_down","envoy_unhealthy_agent_up"]},{"type":"null"}]},"#,
-    r#""mismatch_since":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]},"#,
-    r#""cluster":{"type":"string"},"#,
-    r#""hosts":{"type":"integer","minimum":1},"#,
-    r#""eds_health_status":{"type":"string"},"#,
-    r#""failing":{"type":"array","items":{"type":"string"}}},"#,
-    r#""required":["healthy","mismatch","mismatch_since","cluster","hosts","eds_health_status","failing"]},{"type":"null"}]}},"#,
-    r#""required":["node","route","listen_port","backend","address","reachable","latency_ms","#,
-    r#""reason","detail","last_probe_at","last_change_at","consecutive_failures","envoy"]}}},"#,
-    r#""required":["status","note","generated_at","unreachable_only","mismatch_only","summary","envoy_admin","backends"]}"#
-);
-
-// ---------------------------------------------------------------- framing
-
-/// What [`LineFramer::push`] yields.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    /// One complete line, without its `\n` and without a `\r` before it.
-    Line(&'a [u8]),
-    /// A line longer than [`MAX_LINE_BYTES`]. Yielded once, when the limit is crossed; the
-    /// rest of that line, up to its `\n`, is dropped without being buffered. Answer it with
-    /// [`too_long_response`].
-    TooLong,
-}
-
-/// Splits a byte stream into `\n`-terminated lines. Pure: bytes in, frames out. The buffer
-/// holds only an unfinished line, never more than [`MAX_LINE_BYTES`] (capacity included).
-#[derive(Debug, Default)]
-pub struct LineFramer {
-    buf: Vec<u8>,
-    /// Inside a too-long line: drop bytes until the next `\n`.
-    discarding: bool,
-}
-
-impl LineFramer {
-    pub fn new() -> LineFramer {
-        LineFramer::default()
-    }
-
-    /// Feeds bytes as they arrive; calls `on_frame` for each complete line or too-long line.
-    /// Lines that arrive whole in `data` are passed on without copying.
-    pub fn push(&mut self, mut data: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
-        while !data.is_empty() {
-            let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                if self.discarding {
-                    return;
-                }
-                if self.buf.len() + data.len() > MAX_LINE_BYTES {
-                    self.reset();
-                    self.discarding = true;
-                    on_frame(Frame::TooLong);
-                } else {
-                    self.append(data);
-                }
-                return;
-            };
-            let head = &data[..nl];
-            data = &data[nl + 1..];
-            if self.discarding {
-                self.discarding = false;
-            } else if self.buf.len() + head.len() > MAX_LINE_BYTES {
-                self.reset();
-                on_frame(Frame::TooLong);
-            } else if self.buf.is_empty() {
-                on_frame(Frame::Line(strip_cr(head)));
-            } else {
-                self.append(head);
-                on_frame(Frame::Line(strip_cr(&self.buf)));
-                self.reset();
-            }
-        }
-    }
-
-    /// At end of input: yields the unterminated last line, if any (a client that wrote its
-    /// last message without `\n` and closed), and resets the framer.
-    pub fn finish(&mut self, mut on_frame: impl FnMut(Frame<'_>)) {
-        if !self.discarding && !self.buf.is_empty() {
-            on_frame(Frame::Line(strip_cr(&self.buf)));
-        }
-        self.reset();
-        self.discarding = false;
-    }
-
-    /// Bytes of an unfinished line held.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Grows the buffer at most to the limit (Vec's own doubling could overshoot it).
-    fn append(&mut self, bytes: &[u8]) {
-        let need = self.buf.len() + bytes.len();
-        if need > self.buf.capacity() {
-            let target = need.max(self.buf.capacity() * 2).min(MAX_LINE_BYTES);
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-
-    fn reset(&mut self) {
-        if self.buf.capacity() > RETAINED_BUFFER_BYTES {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
-    }
-}
-
-fn strip_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
 
 // ---------------------------------------------------------------- requests
 
@@ -537,7 +369,7 @@ fn tools_list(params: &Value, id: &Value, era: Era, out: &mut Vec<u8>) {
                 .str("title", TOOL_TITLE)
                 .str("description", TOOL_DESCRIPTION)
                 .raw("inputSchema", INPUT_SCHEMA)
-                .raw("outputSchema", OUTPUT_SCHEMA);
+                .raw("outputSchema", report::OUTPUT_SCHEMA);
             t.object("annotations")
                 .str("title", TOOL_TITLE)
                 .bool("readOnlyHint", true)
@@ -612,7 +444,7 @@ fn tools_call(
         }
     }
     let mut body = Vec::new();
-    write_health(&mut body, snap, now, filter);
+    report::write_health(&mut body, snap, now, filter);
     // Our writer copies only &str and ASCII, so this is always UTF-8; no panic regardless.
     let Ok(text) = String::from_utf8(body) else {
         let m = "Internal error: the health report was not UTF-8";
@@ -637,196 +469,6 @@ fn tool_error(out: &mut Vec<u8>, id: &Value, era: Era, message: &str) {
         }
         r.bool("isError", true);
     });
-}
-
-// ---------------------------------------------------------------- the tool's answer
-
-/// The tool's filters; both on lists the backends that pass both.
-#[derive(Clone, Copy, Debug, Default)]
-struct Filter {
-    unreachable_only: bool,
-    mismatch_only: bool,
-}
-
-/// Writes the tool's structured answer (see `OUTPUT_SCHEMA`).
-fn write_health(out: &mut Vec<u8>, snap: &Snapshot, now: SystemTime, filter: Filter) {
-    let (up, down, not_probed) = snap.summary();
-    let total = snap.routes.len();
-    let (status, note) = status_note(snap, now, up, down, not_probed);
-    let mut o = ObjectWriter::new(out);
-    o.str("status", status)
-        .str("note", &note)
-        .str("generated_at", &rfc3339(now))
-        .bool("unreachable_only", filter.unreachable_only)
-        .bool("mismatch_only", filter.mismatch_only);
-    {
-        let mut s = o.object("summary");
-        s.u64("routes", total as u64)
-            .u64("reachable", up as u64)
-            .u64("unreachable", down as u64)
-            .u64("not_probed", not_probed as u64)
-            .u64("mismatches", snap.mismatches() as u64)
-            .u64("cycles_completed", snap.cycles_total);
-        match snap.last_cycle_end {
-            Some(t) => s.str("last_cycle_at", &rfc3339(t)),
-            None => s.null("last_cycle_at"),
-        };
-        match snap.last_cycle_duration {
-            Some(d) => s.f64("last_cycle_duration_seconds", seconds_f64(d)),
-            None => s.null("last_cycle_duration_seconds"),
-        };
-        s.bool("probe_enabled", snap.probe_enabled)
-            .f64("probe_interval_seconds", seconds_f64(snap.interval));
-    }
-    {
-        let mut admin = o.array("envoy_admin");
-        for n in &snap.envoy_nodes {
-            let mut a = admin.object();
-            a.str("node", &n.node)
-                .u64("admin_port", n.admin_port.into());
-            match n.up {
-                Some(up) => a.bool("up", up),
-                None => a.null("up"),
-            };
-            match &n.last_error {
-                Some(e) => a.str("error", e),
-                None => a.null("error"),
-            };
-            match n.fetch_duration {
-                Some(d) => a.f64("fetch_duration_seconds", seconds_f64(d)),
-                None => a.null("fetch_duration_seconds"),
-            };
-            a.u64("hosts", n.hosts as u64);
-        }
-    }
-    let mut backends = o.array("backends");
-    for state in &snap.routes {
-        if filter.unreachable_only && state.reachable() != Some(false) {
-            continue;
-        }
-        if filter.mismatch_only && state.mismatch.is_none() {
-            continue;
-        }
-        write_backend(&mut backends.object(), state);
-    }
-}
-
-fn status_note(
-    snap: &Snapshot,
-    now: SystemTime,
-    up: usize,
-    down: usize,
-    not_probed: usize,
-) -> (&'static str, String) {
-    let total = snap.routes.len();
-    if !snap.probe_enabled {
-        return (
-            "probing_disabled",
-            format!(
-                "health probing is disabled (the agent runs without --health-probe): the {total} \
-                 backends are listed but none is probed, so nothing is known about reachability"
-            ),
-        );
-    }
-    let Some(last_end) = snap.last_cycle_end.filter(|_| snap.cycles_total > 0) else {
-        return (
-            "awaiting_first_cycle",
-            format!(
-                "no probe cycle has completed yet: {} of {total} backends probed so far \
-                 ({up} reachable, {down} unreachable); the rest are not known yet",
-                up + down
-            ),
-        );
-    };
-    let period = snap
-        .interval
-        .max(snap.last_cycle_duration.unwrap_or_default());
-    let age = now.duration_since(last_end).unwrap_or_default();
-    let counts =
-        format!("{up} of {total} backends reachable, {down} unreachable, {not_probed} not probed");
-    if age > period.saturating_mul(STALE_AFTER_PERIODS) {
-        (
-            "stale",
-            format!(
-                "the last probe cycle ended {}s ago but cycles run every {}s: the prober may \
-                 be stuck and these results may be out of date; {counts}",
-                age.as_secs(),
-                period.as_secs_f64()
-            ),
-        )
-    } else {
-        ("current", counts)
-    }
-}
-
-fn write_backend(b: &mut ObjectWriter<'_>, state: &RouteState) {
-    let route = &state.route;
-    b.str("node", &route.node)
-        .str("route", &route.name)
-        .u64("listen_port", u64::from(route.listen_port))
-        .str("backend", &route.backend);
-    let last = state.last.as_ref();
-    match last.and_then(|(r, _)| r.address) {
-        Some(addr) => b.str("address", &addr.ip().to_string()),
-        None => b.null("address"),
-    };
-    match last.map(|(r, _)| r.outcome) {
-        None => b.null("reachable").null("latency_ms").null("reason"),
-        Some(Outcome::Reachable { latency }) => b
-            .bool("reachable", true)
-            .f64("latency_ms", millis_f64(latency))
-            .null("reason"),
-        Some(Outcome::Failed(reason)) => b
-            .bool("reachable", false)
-            .null("latency_ms")
-            .str("reason", reason.as_str()),
-    };
-    match last.and_then(|(r, _)| r.detail.as_deref()) {
-        Some(d) => b.str("detail", d),
-        None => b.null("detail"),
-    };
-    match last {
-        Some((_, at)) => b.str("last_probe_at", &rfc3339(*at)),
-        None => b.null("last_probe_at"),
-    };
-    match state.last_change {
-        Some(at) => b.str("last_change_at", &rfc3339(at)),
-        None => b.null("last_change_at"),
-    };
-    b.u64("consecutive_failures", state.consecutive_failures);
-    let Some(envoy) = &state.envoy else {
-        b.null("envoy");
-        return;
-    };
-    let mut e = b.object("envoy");
-    match envoy.healthy {
-        Some(h) => e.bool("healthy", h),
-        None => e.null("healthy"),
-    };
-    match state.mismatch {
-        Some((m, since)) => e
-            .str("mismatch", m.as_str())
-            .str("mismatch_since", &rfc3339(since)),
-        None => e.null("mismatch").null("mismatch_since"),
-    };
-    e.str("cluster", &envoy.cluster)
-        .u64("hosts", envoy.hosts as u64)
-        .str("eds_health_status", &envoy.eds_health_status);
-    let mut failing = e.array("failing");
-    for name in envoy.flag_names() {
-        failing.str(name);
-    }
-}
-
-/// Milliseconds with microsecond resolution (`2.345`). One division of an integer, so the
-/// shortest round-trip text is the decimal one (no `0.34300000000000004`).
-fn millis_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e3
-}
-
-/// Seconds with microsecond resolution (`0.000343`), likewise from one division.
-fn seconds_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e6
 }
 
 // ---------------------------------------------------------------- writing responses
@@ -922,62 +564,12 @@ fn clip_value(v: &Value) -> String {
     clip(&String::from_utf8_lossy(&text))
 }
 
-// ---------------------------------------------------------------- RFC 3339
-
-/// `t` as RFC 3339 in UTC with milliseconds, `2026-11-26T04:27:48.123Z` (truncated, not
-/// rounded). Times before 1970 work too; years outside 0000-9999 are not valid RFC 3339
-/// and are written with more digits or a sign, which no real clock produces.
-pub fn rfc3339(t: SystemTime) -> String {
-    let (secs, millis): (i64, u32) = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_millis(),
-        ),
-        Err(e) => {
-            // Before the epoch: floor to the millisecond below.
-            let d = e.duration();
-            let back_ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
-            let back_ms = i64::try_from(back_ms).unwrap_or(i64::MAX);
-            (
-                (-back_ms).div_euclid(1000),
-                (-back_ms).rem_euclid(1000) as u32,
-            )
-        }
-    };
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let mut s = String::with_capacity(24);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
-    s
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Route;
+    use crate::fixtures::{failed, reachable, route};
     use crate::snapshot::{ProbeResult, Reason};
+    use std::time::{Duration, UNIX_EPOCH};
 
     /// 2026-11-26T04:27:48.123Z
     fn t0() -> SystemTime {
@@ -996,34 +588,22 @@ mod tests {
     fn probed_snapshot() -> Snapshot {
         let mut s = Snapshot::new(true, secs(10), t0());
         s.set_routes(vec![
-            Route::new("layer4-01", "tcp-hk01", 10001, "192.0.2.10", 443).unwrap(),
-            Route::new("layer4-01", "tcp-\"sg\"\\02", 10002, "db.example.com", 5432).unwrap(),
-            Route::new("layer4-01", "tcp-new", 10003, "2001:db8::1", 80).unwrap(),
+            route("layer4-01", "tcp-hk01", 10001, "192.0.2.10", 443),
+            route("layer4-01", "tcp-\"sg\"\\02", 10002, "db.example.com", 5432),
+            route("layer4-01", "tcp-new", 10003, "2001:db8::1", 80),
         ]);
-        s.record(
-            0,
-            ProbeResult {
-                outcome: Outcome::Reachable {
-                    latency: Duration::from_micros(2345),
-                },
-                address: Some("192.0.2.10:443".parse().unwrap()),
-                dns_duration: None,
-                detail: None,
-                addresses: None,
-            },
-            t0() + secs(1),
-        );
-        s.record(
-            1,
-            ProbeResult {
-                outcome: Outcome::Failed(Reason::Refused),
-                address: Some("198.51.100.7:5432".parse().unwrap()),
-                dns_duration: Some(Duration::from_millis(3)),
-                detail: Some("Connection refused (os error 111)".into()),
-                addresses: None,
-            },
-            t0() + secs(2),
-        );
+        let up = ProbeResult {
+            address: Some("192.0.2.10:443".parse().unwrap()),
+            ..reachable(Duration::from_micros(2345))
+        };
+        s.record(0, up, t0() + secs(1));
+        let refused = ProbeResult {
+            address: Some("198.51.100.7:5432".parse().unwrap()),
+            dns_duration: Some(Duration::from_millis(3)),
+            detail: Some("Connection refused (os error 111)".into()),
+            ..failed(Reason::Refused)
+        };
+        s.record(1, refused, t0() + secs(2));
         s.cycle_done(Duration::from_millis(1500), false, t0() + secs(2));
         s
     }
@@ -1086,103 +666,6 @@ mod tests {
         )
     }
 
-    // ------------------------------------------------------------ framer
-
-    fn frames(framer: &mut LineFramer, data: &[u8]) -> Vec<Option<Vec<u8>>> {
-        let mut got = Vec::new();
-        framer.push(data, |f| {
-            got.push(match f {
-                Frame::Line(l) => Some(l.to_vec()),
-                Frame::TooLong => None,
-            })
-        });
-        got
-    }
-
-    #[test]
-    fn framer_joins_lines_split_across_reads() {
-        let mut f = LineFramer::new();
-        assert!(frames(&mut f, b"{\"a\":").is_empty());
-        assert_eq!(f.buffered(), 5);
-        assert_eq!(
-            frames(&mut f, b"1}\n{\"b\"\n\nc"),
-            vec![
-                Some(b"{\"a\":1}".to_vec()),
-                Some(b"{\"b\"".to_vec()),
-                Some(vec![])
-            ]
-        );
-        assert_eq!(frames(&mut f, b"\n"), vec![Some(b"c".to_vec())]);
-        assert_eq!(f.buffered(), 0);
-    }
-
-    #[test]
-    fn framer_strips_crlf() {
-        let mut f = LineFramer::new();
-        assert_eq!(frames(&mut f, b"one\r\ntw"), vec![Some(b"one".to_vec())]);
-        assert_eq!(frames(&mut f, b"o\r"), vec![]);
-        assert_eq!(frames(&mut f, b"\n"), vec![Some(b"two".to_vec())]);
-        // Only one CR before the LF is framing; anything else is content.
-        assert_eq!(frames(&mut f, b"x\r\r\n"), vec![Some(b"x\r".to_vec())]);
-    }
-
-    #[test]
-    fn framer_limit_exactly_at_and_over() {
-        let mut f = LineFramer::new();
-        let mut at = vec![b'x'; MAX_LINE_BYTES];
-        at.push(b'\n');
-        assert_eq!(
-            frames(&mut f, &at),
-            vec![Some(at[..MAX_LINE_BYTES].to_vec())]
-        );
-        // Same, arriving in pieces: buffered up to exactly the limit.
-        assert!(frames(&mut f, &at[..MAX_LINE_BYTES]).is_empty());
-        assert_eq!(f.buffered(), MAX_LINE_BYTES);
-        assert_eq!(frames(&mut f, b"\n").len(), 1);
-        // One byte over: TooLong, whole or in pieces.
-        let mut over = vec![b'x'; MAX_LINE_BYTES + 1];
-        over.push(b'\n');
-        assert_eq!(frames(&mut f, &over), vec![None]);
-        assert!(frames(&mut f, &over[..MAX_LINE_BYTES]).is_empty());
-        assert_eq!(frames(&mut f, b"x"), vec![None]);
-        assert_eq!(f.buffered(), 0);
-        assert_eq!(
-            frames(&mut f, b"\n"),
-            vec![],
-            "the rest of the long line is dropped"
-        );
-    }
-
-    #[test]
-    fn framer_too_long_line_then_good_line() {
-        let mut f = LineFramer::new();
-        let chunk = vec![b'y'; 300 * 1024];
-        let mut events = Vec::new();
-        for _ in 0..8 {
-            events.extend(frames(&mut f, &chunk));
-            assert!(f.buffered() <= MAX_LINE_BYTES);
-            assert!(f.buf.capacity() <= MAX_LINE_BYTES);
-        }
-        assert_eq!(events, vec![None], "TooLong exactly once");
-        assert_eq!(f.buffered(), 0, "nothing of the long line is kept");
-        assert_eq!(
-            frames(&mut f, b"yyy\n{\"ok\":1}\r\n"),
-            vec![Some(b"{\"ok\":1}".to_vec())]
-        );
-        // The long buffer was released.
-        assert!(f.buf.capacity() <= RETAINED_BUFFER_BYTES);
-    }
-
-    #[test]
-    fn framer_finish_yields_unterminated_line() {
-        let mut f = LineFramer::new();
-        frames(&mut f, b"{\"last\":true}");
-        let mut got = Vec::new();
-        f.finish(|fr| got.push(format!("{fr:?}")));
-        assert_eq!(got.len(), 1);
-        f.finish(|_| panic!("nothing left"));
-    }
-
     #[test]
     fn too_long_response_is_parse_error_with_null_id() {
         let mut out = Vec::new();
@@ -1191,71 +674,6 @@ mod tests {
         assert_eq!(error_code(&v), PARSE_ERROR);
         assert!(v.get("id").unwrap().is_null());
         assert!(out.ends_with(b"}\n"));
-    }
-
-    // ------------------------------------------------------------ RFC 3339
-
-    #[test]
-    fn rfc3339_formats_utc_with_millis() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(t0()), "2026-11-26T04:27:48.123Z");
-        let at = |s: u64, ms: u64| UNIX_EPOCH + secs(s) + Duration::from_millis(ms);
-        assert_eq!(rfc3339(at(951_782_400, 0)), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(at(951_868_799, 999)), "2000-02-29T23:59:59.999Z");
-        assert_eq!(rfc3339(at(1_709_164_800, 5)), "2024-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(at(1_798_761_599, 0)), "2026-12-31T23:59:59.000Z");
-        assert_eq!(rfc3339(at(253_402_300_799, 0)), "9999-12-31T23:59:59.000Z");
-        // Sub-millisecond parts are truncated.
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_nanos(1_999_999)),
-            "1970-01-01T00:00:00.001Z"
-        );
-        // Before the epoch: floor.
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - Duration::from_millis(1)),
-            "1969-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - Duration::from_nanos(1)),
-            "1969-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - secs(86_400)),
-            "1969-12-31T00:00:00.000Z"
-        );
-    }
-
-    #[test]
-    fn civil_from_days_matches_a_day_by_day_walk() {
-        // Walk 1970-01-01 forward ~130 years, day by day, with a naive calendar.
-        let (mut y, mut m, mut d) = (1970_i64, 1_u32, 1_u32);
-        for day in 0..48_000 {
-            assert_eq!(civil_from_days(day), (y, m, d), "day {day}");
-            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = [
-                31,
-                if leap { 29 } else { 28 },
-                31,
-                30,
-                31,
-                30,
-                31,
-                31,
-                30,
-                31,
-                30,
-                31,
-            ];
-            d += 1;
-            if d > len[m as usize - 1] {
-                d = 1;
-                m += 1;
-                if m > 12 {
-                    m = 1;
-                    y += 1;
-                }
-            }
-        }
     }
 
     // ------------------------------------------------------------ handshake era
@@ -1704,7 +1122,7 @@ mod tests {
     #[test]
     fn tool_says_when_no_cycle_has_completed() {
         let mut snap = empty_snapshot();
-        snap.set_routes(vec![Route::new("n", "r", 1, "192.0.2.1", 80).unwrap()]);
+        snap.set_routes(vec![route("n", "r", 1, "192.0.2.1", 80)]);
         let sc = structured(&tool_call("{}", &snap, t0()));
         assert_eq!(s(&sc, &["status"]), "awaiting_first_cycle");
         assert!(s(&sc, &["note"]).starts_with("no probe cycle has completed yet"));
@@ -1720,7 +1138,7 @@ mod tests {
     #[test]
     fn tool_says_when_probing_is_disabled() {
         let mut snap = Snapshot::new(false, secs(10), t0());
-        snap.set_routes(vec![Route::new("n", "r", 1, "192.0.2.1", 80).unwrap()]);
+        snap.set_routes(vec![route("n", "r", 1, "192.0.2.1", 80)]);
         let sc = structured(&tool_call("{}", &snap, t0()));
         assert_eq!(s(&sc, &["status"]), "probing_disabled");
         assert!(s(&sc, &["note"]).contains("probing is disabled"));
@@ -1769,26 +1187,25 @@ mod tests {
     }
 
     #[test]
-    fn durations_print_as_short_decimals() {
-        let mut out = Vec::new();
-        let mut o = ObjectWriter::new(&mut out);
-        o.f64("s", seconds_f64(Duration::from_micros(343)))
-            .f64("ms", millis_f64(Duration::from_micros(97)))
-            .f64("i", seconds_f64(secs(30)))
-            .f64("d", seconds_f64(Duration::from_millis(1500)));
-        o.finish();
-        assert_eq!(out, br#"{"s":0.000343,"ms":0.097,"i":30,"d":1.5}"#);
-    }
-
-    #[test]
     fn schemas_are_json_and_match_what_is_emitted() {
         let input = json::parse(INPUT_SCHEMA.as_bytes()).unwrap();
         assert_eq!(s(&input, &["type"]), "object");
-        let output = json::parse(OUTPUT_SCHEMA.as_bytes()).unwrap();
+        let output = json::parse(report::OUTPUT_SCHEMA.as_bytes()).unwrap();
         // Single-type dialects: no type arrays, no null inside an enum (anyOf instead).
-        assert!(!OUTPUT_SCHEMA.contains(r#""type":["#), "{OUTPUT_SCHEMA}");
-        assert!(!OUTPUT_SCHEMA.contains(",null]"), "{OUTPUT_SCHEMA}");
-        assert_eq!(OUTPUT_SCHEMA.matches(r#"{"type":"null"}"#).count(), 16);
+        assert!(
+            !report::OUTPUT_SCHEMA.contains(r#""type":["#),
+            "{}",
+            report::OUTPUT_SCHEMA
+        );
+        assert!(
+            !report::OUTPUT_SCHEMA.contains(",null]"),
+            "{}",
+            report::OUTPUT_SCHEMA
+        );
+        assert_eq!(
+            report::OUTPUT_SCHEMA.matches(r#"{"type":"null"}"#).count(),
+            16
+        );
         let keys = |v: &Value| -> Vec<String> {
             v.as_object()
                 .unwrap()

@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::time::SystemTime;
 
-use crate::mcp::{self, Frame, LineFramer};
+use crate::mcp;
 use crate::snapshot::Snapshot;
 use crate::stdio::{StdIn, StdOut};
 
@@ -25,6 +25,9 @@ pub const MAX_ANSWER_BYTES_IN_FLIGHT: usize = 8 * 1024 * 1024;
 /// Lines answered per `drive` call before yielding to the rest of the loop, so one busy
 /// client (or a large file on stdin) can't hold up probes and scrapes.
 pub const LINES_PER_TURN: usize = 32;
+/// Capacity the framer keeps between lines. After a long line the buffer is freed instead of
+/// holding up to 1 MiB per idle connection; typical lines fit without reallocating.
+pub const RETAINED_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The two directions of a peer.
 pub trait PeerIo {
@@ -169,69 +172,130 @@ fn answer(frame: Frame<'_>, snap: &Snapshot, wall: SystemTime, busy: bool, out: 
     }
 }
 
+// ---------------------------------------------------------------- framing
+
+/// What [`LineFramer::push`] yields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// One complete line, without its `\n` and without a `\r` before it.
+    Line(&'a [u8]),
+    /// A line longer than [`mcp::MAX_LINE_BYTES`]. Yielded once, when the limit is crossed; the
+    /// rest of that line, up to its `\n`, is dropped without being buffered. Answer it with
+    /// [`mcp::too_long_response`].
+    TooLong,
+}
+
+/// Splits a byte stream into `\n`-terminated lines. Pure: bytes in, frames out. The buffer
+/// holds only an unfinished line, never more than [`mcp::MAX_LINE_BYTES`] (capacity included).
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    buf: Vec<u8>,
+    /// Inside a too-long line: drop bytes until the next `\n`.
+    discarding: bool,
+}
+
+impl LineFramer {
+    pub fn new() -> LineFramer {
+        LineFramer::default()
+    }
+
+    /// Feeds bytes as they arrive; calls `on_frame` for each complete line or too-long line.
+    /// Lines that arrive whole in `data` are passed on without copying.
+    pub fn push(&mut self, mut data: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+        while !data.is_empty() {
+            let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                if self.discarding {
+                    return;
+                }
+                if self.buf.len() + data.len() > mcp::MAX_LINE_BYTES {
+                    self.reset();
+                    self.discarding = true;
+                    on_frame(Frame::TooLong);
+                } else {
+                    self.append(data);
+                }
+                return;
+            };
+            let head = &data[..nl];
+            data = &data[nl + 1..];
+            if self.discarding {
+                self.discarding = false;
+            } else if self.buf.len() + head.len() > mcp::MAX_LINE_BYTES {
+                self.reset();
+                on_frame(Frame::TooLong);
+            } else if self.buf.is_empty() {
+                on_frame(Frame::Line(strip_cr(head)));
+            } else {
+                self.append(head);
+                on_frame(Frame::Line(strip_cr(&self.buf)));
+                self.reset();
+            }
+        }
+    }
+
+    /// At end of input: yields the unterminated last line, if any (a client that wrote its
+    /// last message without `\n` and closed), and resets the framer.
+    pub fn finish(&mut self, mut on_frame: impl FnMut(Frame<'_>)) {
+        if !self.discarding && !self.buf.is_empty() {
+            on_frame(Frame::Line(strip_cr(&self.buf)));
+        }
+        self.reset();
+        self.discarding = false;
+    }
+
+    /// Bytes of an unfinished line held.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Grows the buffer at most to the limit (Vec's own doubling could overshoot it).
+    fn append(&mut self, bytes: &[u8]) {
+        let need = self.buf.len() + bytes.len();
+        if need > self.buf.capacity() {
+            let target = need.max(self.buf.capacity() * 2).min(mcp::MAX_LINE_BYTES);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn reset(&mut self) {
+        if self.buf.capacity() > RETAINED_BUFFER_BYTES {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    /// A scripted peer: hands out input in the given pieces, then WouldBlock or EOF; accepts
-    /// at most `room` bytes of output per write call until WouldBlock.
-    struct Script {
-        pieces: Vec<Vec<u8>>,
-        eof: bool,
-        written: Vec<u8>,
-        room: usize,
-    }
-
-    impl PeerIo for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.pieces.is_empty() {
-                return if self.eof {
-                    Ok(0)
-                } else {
-                    Err(io::ErrorKind::WouldBlock.into())
-                };
-            }
-            let piece = self.pieces.remove(0);
-            let n = piece.len().min(buf.len());
-            buf[..n].copy_from_slice(&piece[..n]);
-            if n < piece.len() {
-                self.pieces.insert(0, piece[n..].to_vec());
-            }
-            Ok(n)
-        }
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            self.written.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-    }
+    use crate::fixtures::{self, Script};
+    use crate::mcp::MAX_LINE_BYTES;
 
     fn snap() -> Snapshot {
-        Snapshot::new(true, Duration::from_secs(30), SystemTime::UNIX_EPOCH)
+        fixtures::snapshot(Vec::new())
     }
 
     #[test]
     fn answers_lines_split_across_reads_and_closes_at_eof() {
-        let mut io = Script {
-            pieces: vec![
-                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"met".to_vec(),
-                b"hod\":\"ping\"}\nnot json\n".to_vec(),
+        let mut io = Script::new(
+            &[
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"met",
+                b"hod\":\"ping\"}\nnot json\n",
             ],
-            eof: true,
-            written: Vec::new(),
-            room: usize::MAX,
-        };
+            true,
+        );
         let mut peer = Peer::new();
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Close
         );
-        let text = String::from_utf8(io.written).unwrap();
+        let text = io.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0], r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
@@ -243,19 +307,14 @@ mod tests {
         let call = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"query_backend_health"}}"#;
         let mut input = call.to_vec();
         input.extend_from_slice(b"\n{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"ping\"}\n");
-        let mut io = Script {
-            pieces: vec![input],
-            eof: true,
-            written: Vec::new(),
-            room: usize::MAX,
-        };
+        let mut io = Script::new(&[&input], true);
         let busy = MAX_ANSWER_BYTES_IN_FLIGHT + 1;
         let mut peer = Peer::new();
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, busy),
             Status::Close
         );
-        let text = String::from_utf8(io.written).unwrap();
+        let text = io.text();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines[0].starts_with(r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32000,"#),
@@ -273,10 +332,8 @@ mod tests {
             );
         }
         let mut io = Script {
-            pieces: vec![input],
-            eof: false,
-            written: Vec::new(),
             room: 10,
+            ..Script::new(&[&input], false)
         };
         let mut peer = Peer::new();
         assert_eq!(
@@ -296,17 +353,108 @@ mod tests {
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Yield
         );
-        assert_eq!(
-            String::from_utf8(io.written.clone())
-                .unwrap()
-                .lines()
-                .count(),
-            1 + LINES_PER_TURN
-        );
+        assert_eq!(io.text().lines().count(), 1 + LINES_PER_TURN);
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),
             Status::Continue
         );
-        assert_eq!(String::from_utf8(io.written).unwrap().lines().count(), 50);
+        assert_eq!(io.text().lines().count(), 50);
+    }
+
+    // ------------------------------------------------------------ framer
+
+    fn frames(framer: &mut LineFramer, data: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let mut got = Vec::new();
+        framer.push(data, |f| {
+            got.push(match f {
+                Frame::Line(l) => Some(l.to_vec()),
+                Frame::TooLong => None,
+            })
+        });
+        got
+    }
+
+    #[test]
+    fn framer_joins_lines_split_across_reads() {
+        let mut f = LineFramer::new();
+        assert!(frames(&mut f, b"{\"a\":").is_empty());
+        assert_eq!(f.buffered(), 5);
+        assert_eq!(
+            frames(&mut f, b"1}\n{\"b\"\n\nc"),
+            vec![
+                Some(b"{\"a\":1}".to_vec()),
+                Some(b"{\"b\"".to_vec()),
+                Some(vec![])
+            ]
+        );
+        assert_eq!(frames(&mut f, b"\n"), vec![Some(b"c".to_vec())]);
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn framer_strips_crlf() {
+        let mut f = LineFramer::new();
+        assert_eq!(frames(&mut f, b"one\r\ntw"), vec![Some(b"one".to_vec())]);
+        assert_eq!(frames(&mut f, b"o\r"), vec![]);
+        assert_eq!(frames(&mut f, b"\n"), vec![Some(b"two".to_vec())]);
+        // Only one CR before the LF is framing; anything else is content.
+        assert_eq!(frames(&mut f, b"x\r\r\n"), vec![Some(b"x\r".to_vec())]);
+    }
+
+    #[test]
+    fn framer_limit_exactly_at_and_over() {
+        let mut f = LineFramer::new();
+        let mut at = vec![b'x'; MAX_LINE_BYTES];
+        at.push(b'\n');
+        assert_eq!(
+            frames(&mut f, &at),
+            vec![Some(at[..MAX_LINE_BYTES].to_vec())]
+        );
+        // Same, arriving in pieces: buffered up to exactly the limit.
+        assert!(frames(&mut f, &at[..MAX_LINE_BYTES]).is_empty());
+        assert_eq!(f.buffered(), MAX_LINE_BYTES);
+        assert_eq!(frames(&mut f, b"\n").len(), 1);
+        // One byte over: TooLong, whole or in pieces.
+        let mut over = vec![b'x'; MAX_LINE_BYTES + 1];
+        over.push(b'\n');
+        assert_eq!(frames(&mut f, &over), vec![None]);
+        assert!(frames(&mut f, &over[..MAX_LINE_BYTES]).is_empty());
+        assert_eq!(frames(&mut f, b"x"), vec![None]);
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(
+            frames(&mut f, b"\n"),
+            vec![],
+            "the rest of the long line is dropped"
+        );
+    }
+
+    #[test]
+    fn framer_too_long_line_then_good_line() {
+        let mut f = LineFramer::new();
+        let chunk = vec![b'y'; 300 * 1024];
+        let mut events = Vec::new();
+        for _ in 0..8 {
+            events.extend(frames(&mut f, &chunk));
+            assert!(f.buffered() <= MAX_LINE_BYTES);
+            assert!(f.buf.capacity() <= MAX_LINE_BYTES);
+        }
+        assert_eq!(events, vec![None], "TooLong exactly once");
+        assert_eq!(f.buffered(), 0, "nothing of the long line is kept");
+        assert_eq!(
+            frames(&mut f, b"yyy\n{\"ok\":1}\r\n"),
+            vec![Some(b"{\"ok\":1}".to_vec())]
+        );
+        // The long buffer was released.
+        assert!(f.buf.capacity() <= RETAINED_BUFFER_BYTES);
+    }
+
+    #[test]
+    fn framer_finish_yields_unterminated_line() {
+        let mut f = LineFramer::new();
+        frames(&mut f, b"{\"last\":true}");
+        let mut got = Vec::new();
+        f.finish(|fr| got.push(format!("{fr:?}")));
+        assert_eq!(got.len(), 1);
+        f.finish(|_| panic!("nothing left"));
     }
 }

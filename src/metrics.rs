@@ -621,7 +621,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Route;
+    use crate::fixtures::{self, failed, reachable, route};
     use crate::snapshot::{AddressCount, ProbeResult};
 
     #[test]
@@ -668,41 +668,23 @@ mod tests {
 
     #[test]
     fn whole_exposition() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
-        snap.set_routes(vec![
-            Route::new("n1", "we\"ird\\name", 10001, "127.0.0.1", 8080).unwrap(),
-            Route::new("n1", "down", 10002, "::1", 9).unwrap(),
-            Route::new("n2", "new", 10001, "example.com", 443).unwrap(),
+        let t0 = fixtures::t0();
+        let mut snap = fixtures::snapshot(vec![
+            route("n1", "we\"ird\\name", 10001, "127.0.0.1", 8080),
+            route("n1", "down", 10002, "::1", 9),
+            route("n2", "new", 10001, "example.com", 443),
         ]);
-        snap.record(
-            0,
-            ProbeResult {
-                outcome: Outcome::Reachable {
-                    latency: Duration::from_micros(34_842),
-                },
-                address: None,
-                dns_duration: None,
-                detail: None,
-                addresses: None,
-            },
-            t0,
-        );
+        snap.record(0, reachable(Duration::from_micros(34_842)), t0);
         for reason in [Reason::Refused, Reason::Refused, Reason::Timeout] {
-            snap.record(
-                1,
-                ProbeResult {
-                    outcome: Outcome::Failed(reason),
-                    address: None,
-                    dns_duration: Some(Duration::from_millis(5)),
-                    detail: None,
-                    addresses: Some(AddressCount {
-                        total: 3,
-                        reachable: 2,
-                    }),
-                },
-                t0,
-            );
+            let result = ProbeResult {
+                dns_duration: Some(Duration::from_millis(5)),
+                addresses: Some(AddressCount {
+                    total: 3,
+                    reachable: 2,
+                }),
+                ..failed(reason)
+            };
+            snap.record(1, result, t0);
         }
         snap.cycle_done(
             Duration::from_millis(1500),

@@ -788,6 +788,8 @@ fn from_error(e: &io::Error, address: SocketAddr) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{self, route};
+    use mio::{Events, Poll};
 
     #[test]
     fn phase_puts_cycles_on_the_wall_clock_grid() {
@@ -816,28 +818,21 @@ mod tests {
         p.set_phase(Duration::from_secs(55), now, wall);
         assert_eq!(p.align(now + interval), now + Duration::from_secs(45));
     }
-    use crate::route::Route;
-    use mio::{Events, Poll};
 
-    /// A resolver on a closed loopback port; these tests only probe IP literals.
-    fn test_resolver() -> Resolver {
-        Resolver::new(crate::dns::ResolverConfig::with_server(
+    /// A prober with a 3 s probe timeout and a resolver on a closed loopback port: these
+    /// tests only probe IP literals.
+    fn prober(enabled: bool, interval: Duration, t0: Instant) -> Prober {
+        let resolver = Resolver::new(crate::dns::ResolverConfig::with_server(
             "127.0.0.1:9".parse().unwrap(),
-        ))
-    }
-
-    fn snapshot(routes: Vec<Route>) -> Snapshot {
-        let mut s = Snapshot::new(true, Duration::from_secs(1), SystemTime::UNIX_EPOCH);
-        s.set_routes(routes);
-        s
+        ));
+        Prober::new(resolver, enabled, interval, Duration::from_secs(3), t0)
     }
 
     /// A route's own connect_timeout is held between the 10 ms floor and the 3 s clamp.
     #[test]
     fn route_deadline_is_bounded_both_ways() {
         let r = |t: Option<Duration>| {
-            let route = Route::new("n", "r", 1, "127.0.0.1", 1).unwrap();
-            route
+            route("n", "r", 1, "127.0.0.1", 1)
                 .with_envoy(None, crate::route::ClusterType::Unspecified, t)
                 .unwrap()
         };
@@ -883,14 +878,8 @@ mod tests {
     fn cycles_schedule_by_interval_and_count_overruns() {
         let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = Prober::new(
-            test_resolver(),
-            true,
-            Duration::from_secs(1),
-            Duration::from_secs(3),
-            t0,
-        );
-        let mut snap = snapshot(vec![]);
+        let mut p = prober(true, Duration::from_secs(1), t0);
+        let mut snap = fixtures::snapshot(vec![]);
         let mut tok = || Token(100);
         let wall = SystemTime::UNIX_EPOCH;
         assert_eq!(
@@ -929,14 +918,8 @@ mod tests {
     fn disabled_prober_never_starts_a_cycle() {
         let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = Prober::new(
-            test_resolver(),
-            false,
-            Duration::from_secs(1),
-            Duration::from_secs(3),
-            t0,
-        );
-        let mut snap = snapshot(vec![]);
+        let mut p = prober(false, Duration::from_secs(1), t0);
+        let mut snap = fixtures::snapshot(vec![]);
         let mut tok = || Token(100);
         assert_eq!(
             p.advance(
@@ -961,20 +944,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut snap = snapshot(vec![
-            Route::new("n", "open", 1, "127.0.0.1", open).unwrap(),
-            Route::new("n", "closed", 2, "127.0.0.1", closed).unwrap(),
+        let mut snap = fixtures::snapshot(vec![
+            route("n", "open", 1, "127.0.0.1", open),
+            route("n", "closed", 2, "127.0.0.1", closed),
         ]);
         let mut poll = Poll::new().unwrap();
         let mut events = Events::with_capacity(8);
         let t0 = Instant::now();
-        let mut p = Prober::new(
-            test_resolver(),
-            true,
-            Duration::from_secs(10),
-            Duration::from_secs(3),
-            t0,
-        );
+        let mut p = prober(true, Duration::from_secs(10), t0);
         let mut n = 100;
         let mut tok = || {
             n += 1;

@@ -77,10 +77,9 @@ impl ScrapeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Route;
-    use crate::snapshot::{Outcome, ProbeResult};
+    use crate::fixtures::{self, reachable, route};
     use miniz_oxide::inflate::decompress_to_vec;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn gunzip(gz: &[u8]) -> Vec<u8> {
         decompress_to_vec(&gz[10..gz.len() - 8]).unwrap()
@@ -88,11 +87,9 @@ mod tests {
 
     #[test]
     fn renders_once_per_change_and_serves_exact_bytes() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut snap = Snapshot::new(true, Duration::from_secs(30), t0);
-        snap.set_routes(vec![
-            Route::new("n1", "a", 10001, "127.0.0.1", 8080).unwrap(),
-            Route::new("n1", "b", 10002, "127.0.0.1", 8081).unwrap(),
+        let mut snap = fixtures::snapshot(vec![
+            route("n1", "a", 10001, "127.0.0.1", 8080),
+            route("n1", "b", 10002, "127.0.0.1", 8081),
         ]);
         let mut cache = ScrapeCache::new();
         let process = |cpu: f64| ProcessStats {
@@ -114,19 +111,7 @@ mod tests {
             assert_eq!(gunzip(&gz), plain);
         }
         assert_eq!((cache.renders, cache.compressions), (1, 1));
-        snap.record(
-            0,
-            ProbeResult {
-                outcome: Outcome::Reachable {
-                    latency: Duration::from_micros(1500),
-                },
-                address: None,
-                dns_duration: None,
-                detail: None,
-                addresses: None,
-            },
-            t0,
-        );
+        snap.record(0, reachable(Duration::from_micros(1500)), fixtures::t0());
         let p = process(9.0);
         let mut gz = Vec::new();
         cache.write(&snap, &p, true, &mut gz);

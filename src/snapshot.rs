@@ -73,6 +73,19 @@ pub struct ProbeResult {
     pub addresses: Option<AddressCount>,
 }
 
+impl ProbeResult {
+    /// A result with only its outcome known (no address, DNS time, detail or address count).
+    pub fn new(outcome: Outcome) -> ProbeResult {
+        ProbeResult {
+            outcome,
+            address: None,
+            dns_duration: None,
+            detail: None,
+            addresses: None,
+        }
+    }
+}
+
 /// The addresses of a strict_dns route's answer, and how many of them answered a connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressCount {
@@ -424,7 +437,7 @@ mod tests {
     use super::*;
 
     fn route(node: &str, port: u16, backend_port: u16) -> Route {
-        Route::new(node, "r", port, "127.0.0.1", backend_port).unwrap()
+        crate::fixtures::route(node, "r", port, "127.0.0.1", backend_port)
     }
 
     #[test]
@@ -451,25 +464,15 @@ mod tests {
         assert!(snap.source.up && !snap.source.vps_registered);
     }
 
-    fn result(outcome: Outcome) -> ProbeResult {
-        ProbeResult {
-            outcome,
-            address: None,
-            dns_duration: None,
-            detail: None,
-            addresses: None,
-        }
-    }
-
     #[test]
     fn record_counts_failures_and_reports_changes() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let mut s = Snapshot::new(true, Duration::from_secs(30), t0);
         s.set_routes(vec![route("a", 1, 1)]);
-        let up = result(Outcome::Reachable {
+        let up = ProbeResult::new(Outcome::Reachable {
             latency: Duration::from_millis(2),
         });
-        let down = result(Outcome::Failed(Reason::Refused));
+        let down = ProbeResult::new(Outcome::Failed(Reason::Refused));
         assert_eq!(s.record(0, up.clone(), t0), Change::First);
         assert_eq!(
             s.record(0, up.clone(), t0 + Duration::from_secs(1)),
@@ -491,7 +494,7 @@ mod tests {
         assert_eq!(s.routes[0].consecutive_failures, 0);
         assert_eq!(s.routes[0].last_change, Some(t0 + Duration::from_secs(12)));
         assert_eq!(
-            s.record(7, result(Outcome::Failed(Reason::Dns)), t0),
+            s.record(7, ProbeResult::new(Outcome::Failed(Reason::Dns)), t0),
             Change::Same
         );
     }
@@ -502,7 +505,7 @@ mod tests {
         let mut s = Snapshot::new(true, Duration::from_secs(30), t0);
         assert!(s.set_routes(vec![route("a", 1, 1), route("a", 2, 2), route("b", 1, 1)]));
         for i in 0..3 {
-            s.record(i, result(Outcome::Failed(Reason::Timeout)), t0);
+            s.record(i, ProbeResult::new(Outcome::Failed(Reason::Timeout)), t0);
         }
         assert!(!s.set_routes(vec![route("a", 1, 1), route("a", 2, 2), route("b", 1, 1)]));
         // a:2 changes its backend port, b:1 goes away, c:1 is new.

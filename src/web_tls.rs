@@ -5,7 +5,7 @@
 //! The TLS session is rustls' `ServerConnection`, which does no I/O: [`TlsIo`] moves bytes
 //! between it and the non-blocking socket, so a handshake is a few more readable/writable
 //! events on the one loop, never a wait. A peer that stalls mid-handshake holds only its own
-//! connection slot, until `http::HANDSHAKE_TIMEOUT`.
+//! connection slot, until `http_conn::HANDSHAKE_TIMEOUT`.
 //!
 //! The files are read at start (an error stops the agent with the file named) and again on
 //! SIGHUP ([`WebSecurity::load`]); a reload that fails keeps the previous settings and says why.
