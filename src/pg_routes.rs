@@ -259,21 +259,17 @@ mod tests {
 
     #[test]
     fn text_rows_become_routes_or_named_problems() {
-        let row = |v: &[Option<&str>]| v.iter().map(|c| c.map(str::to_owned)).collect();
+        // Columns separated by spaces; `-` is NULL.
+        let row = |cols: &str| {
+            cols.split(' ')
+                .map(|c| (c != "-").then(|| c.into()))
+                .collect()
+        };
         let (routes, skipped) = routes_from_rows(vec![
-            row(&[
-                Some("n"),
-                Some("r"),
-                Some("10001"),
-                Some("127.0.0.1"),
-                Some("22"),
-                Some("9901"),
-                Some("static"),
-                None,
-            ]),
-            row(&[Some("n"), Some("r2"), Some("x"), Some("h"), Some("22")]),
-            row(&[Some("n"), Some("r3"), Some("10003"), None, Some("22")]),
-            row(&[Some("n")]),
+            row("n r 10001 127.0.0.1 22 9901 static -"),
+            row("n r2 x h 22"),
+            row("n r3 10003 - 22"),
+            row("n"),
         ]);
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].backend, "127.0.0.1:22");
