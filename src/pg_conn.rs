@@ -39,7 +39,7 @@ use crate::pg_wire::{self, Phase, Progress, Session, WireError};
 
 /// Bound on resolving, connecting, TLS and authentication together. A database a LAN or a
 /// region away answers in milliseconds; 2 s is generous, and the cycle waits at most this
-/// long (plus [`QUERY_TIMEOUT`]) before it probes the routes it already knows.
+/// long (plus `source_pg::QUERY_TIMEOUT`) before it probes the routes it already knows.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read from the socket per read call.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
