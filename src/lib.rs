@@ -19,7 +19,11 @@ pub mod mcp;
 pub mod mcp_peer;
 pub mod metrics;
 #[cfg(feature = "postgres")]
+mod pg_conn;
+#[cfg(feature = "postgres")]
 pub mod pg_conninfo;
+#[cfg(feature = "postgres")]
+pub mod pg_routes;
 #[cfg(feature = "postgres")]
 pub mod pg_tls;
 #[cfg(feature = "postgres")]

@@ -26,7 +26,7 @@ pub const APPLICATION_NAME: &str = "sigma-agent-lite";
 pub const MAX_PGPASS_BYTES: u64 = 64 * 1024;
 
 /// The keys understood, in both forms. `connect_timeout` is accepted for libpq compatibility
-/// and otherwise ignored: the agent's own bounds (`source_pg::CONNECT_TIMEOUT`) apply.
+/// and otherwise ignored: the agent's own bounds (`pg_conn::CONNECT_TIMEOUT`) apply.
 pub const KEYS: &[&str] = &[
     "host",
     "hostaddr",

@@ -1,7 +1,7 @@
 //! TLS of the PostgreSQL source: libpq's `sslmode` (`disable`, `prefer`, `require`,
 //! `verify-ca`, `verify-full`) and `sslrootcert` (parsed with the rest of the URL in
 //! `pg_conninfo`), and (feature `tls`) the rustls client that implements the checks the mode
-//! asks for. rustls is sans-IO: `source_pg` pumps bytes between the socket and a
+//! asks for. rustls is sans-IO: `pg_conn` pumps bytes between the socket and a
 //! `rustls::ClientConnection` on the agent's one loop.
 //!
 //! Limits: no client certificates (`sslcert`/`sslkey`), CRLs (`sslcrl`), `sslmode=allow`,

@@ -1,6 +1,6 @@
 //! The PostgreSQL wire session of the route source, sans-IO: bytes from the server in,
 //! progress out, bytes to send kept in [`Session::output`]. No socket, no clock, no TLS: the
-//! driver (`source_pg`) moves the bytes and owns the deadline, so every path here (startup,
+//! driver (`pg_conn` moves the bytes, `source_pg` owns the deadline), so every path here (startup,
 //! each authentication method, the pipelined cycle, errors, notices anywhere) is tested from
 //! byte scripts.
 //!

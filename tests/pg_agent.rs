@@ -7,27 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::pg::{rows, PgBouncer, PgServer, AGENT_PASSWORD, DB};
+use common::pg::{agent_args, reachable, rows, PgBouncer, PgServer, AGENT_PASSWORD, DB};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn start(url: &str, hostname: &str) -> Agent {
-    Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--database-url",
-        url,
-        "--hostname",
-        hostname,
-    ])
-}
-
-fn reachable(node: &str, route: &str, listen_port: u16, port: u16) -> String {
-    format!(
-        "sigma_backend_reachable{{node=\"{node}\",route=\"{route}\",listen_port=\"{listen_port}\",backend=\"127.0.0.1:{port}\"}}"
-    )
+    Agent::start(&agent_args(url, hostname, "200ms"))
 }
 
 #[test]
@@ -47,16 +33,11 @@ fn registration_late_then_routes_added_and_removed_while_running() {
     assert_eq!(sample(&m, "sigma_routes"), Some(0.0));
 
     // The VPS is registered while the agent runs: found within an interval or two.
-    let vps = rows::vps(&mut db, "late-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
+    let node = rows::active(
         &mut db,
-        &node,
-        "first",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
+        "late-vps",
+        "layer4-01",
+        &[("first", 10001, "127.0.0.1", i32::from(port))],
     );
     let m = agent.wait_metrics(WAIT, |m| {
         m.contains(&reachable("layer4-01", "first", 10001, port))
@@ -69,14 +50,10 @@ fn registration_late_then_routes_added_and_removed_while_running() {
     assert!(sample(&m, "sigma_route_fetch_duration_seconds").unwrap() > 0.0);
 
     // Added, edited and removed in the database: /metrics follows.
-    rows::route(
+    rows::active_route(
         &mut db,
         &node,
-        "second",
-        10002,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
+        ("second", 10002, "127.0.0.1", i32::from(port)),
     );
     agent.wait_metrics(WAIT, |m| {
         m.contains(&reachable("layer4-01", "second", 10002, port))
@@ -115,21 +92,8 @@ fn duplicate_registration_probes_nothing_and_names_the_ids() {
 #[test]
 fn outage_keeps_probing_known_routes_and_recovers_by_itself() {
     let pg = PgServer::start();
-    let mut db = pg.owner(DB);
-    let open = accepting();
+    let open = rows::listening(&mut pg.owner(DB), "outage-vps", "layer4-01", "r");
     let port = open.local_addr().unwrap().port();
-    let vps = rows::vps(&mut db, "outage-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
-    );
-    drop(db);
 
     let mut agent = start(&pg.agent_url(DB), "outage-vps");
     agent.wait_metrics(WAIT, |m| {
@@ -179,19 +143,8 @@ fn same_routes_through_pgbouncer_in_transaction_mode() {
     let pg = PgServer::shared();
     let bouncer = PgBouncer::start(&pg);
     let mut db = pg.owner(DB);
-    let open = accepting();
+    let open = rows::listening(&mut db, "bouncer-vps", "layer4-09", "via-pool");
     let port = open.local_addr().unwrap().port();
-    let vps = rows::vps(&mut db, "bouncer-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "layer4-09", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "via-pool",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
-    );
     let agent = start(&bouncer.agent_url(DB), "bouncer-vps");
     let m = agent.wait_metrics(WAIT, |m| {
         sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 5.0
@@ -238,32 +191,13 @@ fn database_host_name_is_resolved_by_the_agents_own_resolver() {
         60,
     );
     let mut db = pg.owner(DB);
-    let open = accepting();
+    let open = rows::listening(&mut db, "named-db-vps", "layer4-01", "r");
     let port = open.local_addr().unwrap().port();
-    let vps = rows::vps(&mut db, "named-db-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
-    );
     let url = pg.agent_url(DB).replace("@127.0.0.1:", "@db.test:");
     let dns_addr = dns.addr().to_string();
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--database-url",
-        &url,
-        "--hostname",
-        "named-db-vps",
-        "--dns-server",
-        &dns_addr,
-    ]);
+    let mut args = agent_args(&url, "named-db-vps", "200ms");
+    args.extend(["--dns-server", &dns_addr]);
+    let agent = Agent::start(&args);
     agent.wait_metrics(WAIT, |m| {
         m.contains(&reachable("layer4-01", "r", 10001, port))
     });

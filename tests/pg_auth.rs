@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, Driven, PgServer, AGENT, AGENT_PASSWORD, DB};
+use common::pg::{agent_args, rows, Driven, PgServer, AGENT, AGENT_PASSWORD, DB};
 use common::*;
 use sigma_agent_lite::source_pg::{Fetch, PgSource};
 
@@ -51,17 +51,7 @@ fn server() -> Arc<PgServer> {
                 .batch_execute("SELECT pg_reload_conf()")
                 .unwrap();
             let mut owner = pg.owner(DB);
-            let vps = rows::vps(&mut owner, "auth-vps", Some("active"));
-            let node = rows::node(&mut owner, &vps, "n", "active");
-            rows::route(
-                &mut owner,
-                &node,
-                "r",
-                1,
-                Some("127.0.10.1"),
-                Some(1),
-                "active",
-            );
+            rows::active(&mut owner, "auth-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
             Arc::new(pg)
         })
         .clone()
@@ -157,16 +147,9 @@ fn password_file_with_libpq_rules() {
     // The binary: PGPASSFILE, and the warning for a file with group access.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let file_str = file.to_str().unwrap().to_owned();
+    let agent_url = url(AGENT);
     let mut agent = Agent::start_with_env(
-        &[
-            "--health-probe",
-            "--health-probe-interval",
-            "200ms",
-            "--database-url",
-            &url(AGENT),
-            "--hostname",
-            "auth-vps",
-        ],
+        &agent_args(&agent_url, "auth-vps", "200ms"),
         &[("PGPASSFILE", &file_str)],
     );
     agent.wait_log("has group or world access", Duration::from_secs(10));

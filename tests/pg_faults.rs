@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::time::{Duration, Instant};
 
 use common::dns_server::DnsServer;
-use common::pg::{rows, PgServer, DB};
+use common::pg::{agent_args, rows, PgServer, DB};
 use common::*;
 
 /// A scrape slower than this during a fault fails the test: the agent answers in well under a
@@ -39,38 +39,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start(url: &str, hostname: &str, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "--health-probe",
-        "--health-probe-interval",
-        "1s",
-        "--database-url",
-        url,
-        "--hostname",
-        hostname,
-        "--mcp-listen",
-        "127.0.0.1:0",
-    ];
+    let mut args = agent_args(url, hostname, "1s");
+    args.extend_from_slice(&["--mcp-listen", "127.0.0.1:0"]);
     args.extend_from_slice(extra);
     Agent::start(&args)
 }
 
 /// A VPS with one route to a listening backend; returns the backend (keep it alive).
 fn one_route(pg: &PgServer, db: &str, hostname: &str) -> TcpListener {
-    let open = accepting();
-    let mut c = pg.owner(db);
-    let vps = rows::vps(&mut c, hostname, Some("active"));
-    let node = rows::node(&mut c, &vps, "n", "active");
-    let port = open.local_addr().unwrap().port();
-    rows::route(
-        &mut c,
-        &node,
-        "r",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
-    );
-    open
+    rows::listening(&mut pg.owner(db), hostname, "n", "r")
 }
 
 fn mcp_addr(agent: &mut Agent) -> SocketAddr {

@@ -45,33 +45,9 @@ fn registered_vps_routes_in_node_and_port_order() {
     let vps = rows::vps(&mut db, "order-vps", Some("active"));
     let n2 = rows::node(&mut db, &vps, "layer4-02", "active");
     let n1 = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
-        &mut db,
-        &n2,
-        "b",
-        10001,
-        Some("127.1.0.2"),
-        Some(22),
-        "active",
-    );
-    rows::route(
-        &mut db,
-        &n1,
-        "c",
-        10002,
-        Some("hk013.example.com"),
-        Some(443),
-        "active",
-    );
-    rows::route(
-        &mut db,
-        &n1,
-        "a",
-        10001,
-        Some("2001:db8::1"),
-        Some(8443),
-        "active",
-    );
+    rows::active_route(&mut db, &n2, ("b", 10001, "127.1.0.2", 22));
+    rows::active_route(&mut db, &n1, ("c", 10002, "hk013.example.com", 443));
+    rows::active_route(&mut db, &n1, ("a", 10001, "2001:db8::1", 8443));
 
     let mut src = source(&pg.agent_url(DB), "order-vps");
     assert_eq!(
@@ -113,15 +89,7 @@ fn missing_vps_is_found_once_added_and_lost_once_retired_or_deleted() {
     let vps = rows::vps(&mut db, "late-vps", Some("provisioning"));
     assert_eq!(src.fetch(Instant::now()), Fetch::Routes(vec![]));
     let node = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        10001,
-        Some("127.0.10.1"),
-        Some(80),
-        "active",
-    );
+    rows::active_route(&mut db, &node, ("r", 10001, "127.0.10.1", 80));
     assert_eq!(names(src.fetch(Instant::now())), ["layer4-01/r"]);
 
     for status in ["retired", "deleted"] {
@@ -204,28 +172,11 @@ fn only_active_routes_with_a_backend_of_active_nodes_of_this_vps() {
 fn routes_added_and_deleted_between_fetches() {
     let pg = PgServer::shared();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "churn-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    let first = rows::route(
-        &mut db,
-        &node,
-        "first",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    let node = rows::active(&mut db, "churn-vps", "n", &[]);
+    let first = rows::active_route(&mut db, &node, ("first", 1, "127.0.10.1", 1));
     let mut src = source(&pg.agent_url(DB), "churn-vps");
     assert_eq!(names(src.fetch(Instant::now())), ["n/first"]);
-    rows::route(
-        &mut db,
-        &node,
-        "second",
-        2,
-        Some("127.0.10.2"),
-        Some(2),
-        "active",
-    );
+    rows::active_route(&mut db, &node, ("second", 2, "127.0.10.2", 2));
     assert_eq!(names(src.fetch(Instant::now())), ["n/first", "n/second"]);
     db.execute(
         "DELETE FROM envoy_routes WHERE id = ($1::text)::uuid",
@@ -248,17 +199,7 @@ fn routes_added_and_deleted_between_fetches() {
 fn unix_socket_and_pgpassword() {
     let pg = PgServer::shared();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "sock-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active(&mut db, "sock-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
 
     let mut src = source(&pg.agent_unix_dsn(DB), "sock-vps");
     assert!(src
@@ -301,15 +242,7 @@ fn same_routes_through_pgbouncer_in_transaction_mode() {
         let node = rows::node(&mut db, &vps, node_name, "active");
         for port in 1..=20 {
             let name = format!("r{port}");
-            rows::route(
-                &mut db,
-                &node,
-                &name,
-                port,
-                Some("127.0.10.1"),
-                Some(443),
-                "active",
-            );
+            rows::active_route(&mut db, &node, (&name, port, "127.0.10.1", 443));
         }
     }
     let bouncer = PgBouncer::start(&pg);
@@ -378,17 +311,7 @@ impl Drop for Resume {
 fn stalled_backend_blocks_at_most_query_timeout() {
     let pg = PgServer::shared();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "stall-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active(&mut db, "stall-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
     let url = format!("{}?application_name=stall-test", pg.agent_url(DB));
     let mut src = source(&url, "stall-vps");
     assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
@@ -422,17 +345,7 @@ fn statement_timeout_bounds_a_blocked_query() {
     let pg = PgServer::shared();
     pg.create_database("sigma_lock");
     let mut db = pg.owner("sigma_lock");
-    let vps = rows::vps(&mut db, "lock-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active(&mut db, "lock-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
     let mut src = source(&pg.agent_url("sigma_lock"), "lock-vps");
     assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
 
@@ -463,17 +376,7 @@ fn statement_timeout_bounds_a_blocked_query() {
 fn outage_fails_backs_off_and_recovers_by_itself() {
     let pg = PgServer::start();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "outage-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active(&mut db, "outage-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
     drop(db);
     let mut src = source(&pg.agent_url(DB), "outage-vps");
     assert_eq!(names(src.fetch(Instant::now())), ["n/r"]);
@@ -573,26 +476,13 @@ fn thousand_routes_fetch_time_and_plan() {
 fn envoy_columns_are_read() {
     let pg = PgServer::shared();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "envoy-cols-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
+    let node = rows::active(
         &mut db,
-        &node,
-        "set",
-        1,
-        Some("hk01.example.com"),
-        Some(443),
-        "active",
+        "envoy-cols-vps",
+        "n",
+        &[("set", 1, "hk01.example.com", 443)],
     );
-    rows::route(
-        &mut db,
-        &node,
-        "unset",
-        2,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active_route(&mut db, &node, ("unset", 2, "127.0.10.1", 1));
     db.execute(
         "UPDATE envoy_nodes SET admin_port = 9901 WHERE node_id = 'n' AND vps_id = \
          (SELECT id FROM vps WHERE hostname = 'envoy-cols-vps')",

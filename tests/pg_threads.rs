@@ -6,33 +6,17 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::pg::{rows, Driven, PgServer, DB};
+use common::pg::{assert_starts_no_thread, rows, Driven, PgServer, DB};
 
 use sigma_agent_lite::source_pg::{Fetch, PgSource};
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 #[test]
 fn fetch_starts_no_thread() {
     let pg = PgServer::start();
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, "threads-vps", Some("active"));
-    let node = rows::node(&mut db, &vps, "n", "active");
-    rows::route(
-        &mut db,
-        &node,
-        "r",
-        1,
-        Some("127.0.10.1"),
-        Some(1),
-        "active",
-    );
+    rows::active(&mut db, "threads-vps", "n", &[("r", 1, "127.0.10.1", 1)]);
     drop(db);
     let silent = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
     let silent_url = format!(
@@ -40,31 +24,12 @@ fn fetch_starts_no_thread() {
         silent.local_addr().unwrap().port()
     );
 
-    let before = threads();
-    let stop = Arc::new(AtomicBool::new(false));
-    let most = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, most) = (stop.clone(), most.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                most.fetch_max(threads(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    let mut src = Driven::new(PgSource::new(&pg.agent_url(DB), "threads-vps", None).unwrap());
-    let mut dead = Driven::new(PgSource::new(&silent_url, "v", None).unwrap());
-    for _ in 0..3 {
-        assert!(matches!(src.fetch(Instant::now()), Fetch::Routes(r) if r.len() == 1));
-    }
-    assert!(matches!(dead.fetch(Instant::now()), Fetch::Failed(_)));
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let during = most.load(Ordering::Relaxed) - 1; // less the sampler
-    let after = threads();
-    println!(
-        "threads: before {before}, most during fetches {during} (sampler excluded), after {after}"
-    );
-    assert_eq!(during, before);
-    assert_eq!(after, before);
+    assert_starts_no_thread("fetches", || {
+        let mut src = Driven::new(PgSource::new(&pg.agent_url(DB), "threads-vps", None).unwrap());
+        let mut dead = Driven::new(PgSource::new(&silent_url, "v", None).unwrap());
+        for _ in 0..3 {
+            assert!(matches!(src.fetch(Instant::now()), Fetch::Routes(r) if r.len() == 1));
+        }
+        assert!(matches!(dead.fetch(Instant::now()), Fetch::Failed(_)));
+    });
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use common::pg::{rows, Driven, PgServer, AGENT_PASSWORD, DB};
+use common::pg::{agent_args, reachable, rows, shared, Driven, PgServer, AGENT_PASSWORD, DB};
 use common::pg_tls::{uses_tls, TlsServer};
 use common::*;
 
@@ -19,28 +19,17 @@ const WAIT: Duration = Duration::from_secs(10);
 /// One TLS server for the tests of this binary (each uses its own hostnames).
 fn tls_server() -> Arc<TlsServer> {
     static SHARED: Mutex<Weak<TlsServer>> = Mutex::new(Weak::new());
-    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(server) = slot.upgrade() {
-        return server;
-    }
-    let server = Arc::new(TlsServer::start());
-    *slot = Arc::downgrade(&server);
-    server
+    shared(&SHARED, TlsServer::start)
 }
 
 /// A registered VPS with one route to 127.0.0.1:`port`.
 fn register(pg: &PgServer, hostname: &str, port: u16) {
     let mut db = pg.owner(DB);
-    let vps = rows::vps(&mut db, hostname, Some("active"));
-    let node = rows::node(&mut db, &vps, "layer4-01", "active");
-    rows::route(
+    rows::active(
         &mut db,
-        &node,
-        "r",
-        10001,
-        Some("127.0.0.1"),
-        Some(i32::from(port)),
-        "active",
+        hostname,
+        "layer4-01",
+        &[("r", 10001, "127.0.0.1", i32::from(port))],
     );
 }
 
@@ -71,6 +60,15 @@ fn fetch_err(url: &str) -> String {
     e
 }
 
+/// Whether a fetch from `url` (whose `application_name` is `app`) went over TLS, as `pg`
+/// sees it while the connection is still open.
+fn fetch_encrypted(pg: &PgServer, url: &str, hostname: &str, app: &str) -> bool {
+    let src = fetch_ok(url, hostname);
+    let tls = encrypted(pg, app);
+    drop(src);
+    tls
+}
+
 /// Whether the one connection named `app` is encrypted, as the server sees it. Tests run in
 /// parallel on one server: each names its connections (`application_name` in the URL).
 fn encrypted(pg: &PgServer, app: &str) -> bool {
@@ -91,9 +89,7 @@ fn verify_full_with_the_right_ca_connects_encrypted() {
             s.pki.ca.display()
         ),
     );
-    let src = fetch_ok(&url, "tls-full-vps");
-    assert!(encrypted(&s.pg, "t-full"));
-    drop(src);
+    assert!(fetch_encrypted(&s.pg, &url, "tls-full-vps", "t-full"));
 }
 
 #[test]
@@ -106,9 +102,7 @@ fn verify_full_key_value_form() {
         s.pg.port,
         s.pki.ca.display()
     );
-    let src = fetch_ok(&dsn, "tls-kv-vps");
-    assert!(encrypted(&s.pg, "t-kv"));
-    drop(src);
+    assert!(fetch_encrypted(&s.pg, &dsn, "tls-kv-vps", "t-kv"));
 }
 
 #[test]
@@ -165,12 +159,12 @@ fn verify_full_by_ip_with_a_certificate_for_localhost_fails_verify_ca_connects()
 fn require_without_a_root_file_encrypts_without_verifying() {
     let s = tls_server();
     register(&s.pg, "tls-require-vps", 1);
-    let src = fetch_ok(
+    assert!(fetch_encrypted(
+        &s.pg,
         &s.url("127.0.0.1", "sslmode=require&application_name=t-require"),
         "tls-require-vps",
-    );
-    assert!(encrypted(&s.pg, "t-require"));
-    drop(src);
+        "t-require"
+    ));
 }
 
 #[test]
@@ -192,28 +186,29 @@ fn prefer_encrypts_when_offered_and_connects_in_clear_when_not() {
         ("application_name=t-default", "t-default"),
         ("sslmode=prefer&application_name=t-prefer", "t-prefer"),
     ] {
-        let src = fetch_ok(&s.url("127.0.0.1", params), "tls-prefer-vps");
-        assert!(encrypted(&s.pg, app), "{params}");
-        drop(src);
+        assert!(
+            fetch_encrypted(&s.pg, &s.url("127.0.0.1", params), "tls-prefer-vps", app),
+            "{params}"
+        );
     }
     let plain = PgServer::shared();
     register(&plain, "plain-prefer-vps", 1);
-    let src = fetch_ok(
+    assert!(!fetch_encrypted(
+        &plain,
         &format!(
             "{}?sslmode=prefer&application_name=t-plain",
             plain.agent_url(DB)
         ),
         "plain-prefer-vps",
-    );
-    assert!(!encrypted(&plain, "t-plain"));
-    drop(src);
+        "t-plain"
+    ));
     // disable stays in clear even when the server offers TLS.
-    let src = fetch_ok(
+    assert!(!fetch_encrypted(
+        &s.pg,
         &s.url("127.0.0.1", "sslmode=disable&application_name=t-disable"),
         "tls-prefer-vps",
-    );
-    assert!(!encrypted(&s.pg, "t-disable"));
-    drop(src);
+        "t-disable"
+    ));
 }
 
 #[test]
@@ -226,18 +221,8 @@ fn agent_probes_routes_read_over_verify_full() {
         "localhost",
         &format!("sslmode=verify-full&sslrootcert={}", s.pki.ca.display()),
     );
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--database-url",
-        &url,
-        "--hostname",
-        "tls-agent-vps",
-    ]);
-    let series = format!(
-        "sigma_backend_reachable{{node=\"layer4-01\",route=\"r\",listen_port=\"10001\",backend=\"127.0.0.1:{port}\"}}"
-    );
+    let agent = Agent::start(&agent_args(&url, "tls-agent-vps", "200ms"));
+    let series = reachable("layer4-01", "r", 10001, port);
     let m = agent.wait_metrics(WAIT, |m| m.contains(&series));
     assert_eq!(sample(&m, &series), Some(1.0));
     assert_eq!(sample(&m, "sigma_route_source_errors_total"), Some(0.0));
@@ -250,15 +235,7 @@ fn agent_logs_a_certificate_failure_and_keeps_retrying() {
         "127.0.0.1",
         &format!("sslmode=verify-full&sslrootcert={}", s.pki.ca.display()),
     );
-    let mut agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--database-url",
-        &url,
-        "--hostname",
-        "tls-agent-bad-vps",
-    ]);
+    let mut agent = Agent::start(&agent_args(&url, "tls-agent-bad-vps", "200ms"));
     let log = agent.wait_log(
         "server certificate for 'localhost' is not valid for '127.0.0.1'",
         WAIT,

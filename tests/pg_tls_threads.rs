@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::pg::{rows, Driven, DB};
+use common::pg::{assert_starts_no_thread, rows, Driven, DB};
 use common::pg_tls::TlsServer;
 
 use sigma_agent_lite::source_pg::{Fetch, PgSource};
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 #[test]
 fn tls_fetch_starts_no_thread() {
@@ -26,37 +20,19 @@ fn tls_fetch_starts_no_thread() {
     drop(db);
     let root = format!("sslrootcert={}", s.pki.ca.display());
 
-    let before = threads();
-    let stop = Arc::new(AtomicBool::new(false));
-    let most = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, most) = (stop.clone(), most.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                most.fetch_max(threads(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    let full = s.url("localhost", &format!("sslmode=verify-full&{root}"));
-    let mut src = Driven::new(PgSource::new(&full, "tls-threads-vps", None).unwrap());
-    for _ in 0..3 {
-        assert_eq!(src.fetch(Instant::now()), Fetch::Routes(vec![]));
-    }
-    let mismatch = s.url("127.0.0.1", &format!("sslmode=verify-full&{root}"));
-    let mut bad = Driven::new(PgSource::new(&mismatch, "v", None).unwrap());
-    assert!(matches!(bad.fetch(Instant::now()), Fetch::Failed(_)));
-    // The system roots are loaded too (verify-ca without sslrootcert).
-    let mut sys =
-        Driven::new(PgSource::new(&s.url("localhost", "sslmode=verify-ca"), "v", None).unwrap());
-    assert!(matches!(sys.fetch(Instant::now()), Fetch::Failed(_)));
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let during = most.load(Ordering::Relaxed) - 1; // less the sampler
-    let after = threads();
-    println!(
-        "threads: before {before}, most during TLS fetches {during} (sampler excluded), after {after}"
-    );
-    assert_eq!(during, before);
-    assert_eq!(after, before);
+    assert_starts_no_thread("TLS fetches", || {
+        let full = s.url("localhost", &format!("sslmode=verify-full&{root}"));
+        let mut src = Driven::new(PgSource::new(&full, "tls-threads-vps", None).unwrap());
+        for _ in 0..3 {
+            assert_eq!(src.fetch(Instant::now()), Fetch::Routes(vec![]));
+        }
+        let mismatch = s.url("127.0.0.1", &format!("sslmode=verify-full&{root}"));
+        let mut bad = Driven::new(PgSource::new(&mismatch, "v", None).unwrap());
+        assert!(matches!(bad.fetch(Instant::now()), Fetch::Failed(_)));
+        // The system roots are loaded too (verify-ca without sslrootcert).
+        let mut sys = Driven::new(
+            PgSource::new(&s.url("localhost", "sslmode=verify-ca"), "v", None).unwrap(),
+        );
+        assert!(matches!(sys.fetch(Instant::now()), Fetch::Failed(_)));
+    });
 }

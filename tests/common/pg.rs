@@ -16,7 +16,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,39 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = include_str!("../fixtures/schema.sql");
 
+/// The server in `slot` while a test holds it, else a new one from `start`: one server for the
+/// tests of a test binary, stopped when the last test holding it is done.
+pub fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = slot.upgrade() {
+        return server;
+    }
+    let server = Arc::new(start());
+    *slot = Arc::downgrade(&server);
+    server
+}
+
+/// The agent's arguments to read its routes from `url` as `hostname` and probe them every
+/// `interval`; append more before `Agent::start`.
+pub fn agent_args<'a>(url: &'a str, hostname: &'a str, interval: &'a str) -> Vec<&'a str> {
+    vec![
+        "--health-probe",
+        "--health-probe-interval",
+        interval,
+        "--database-url",
+        url,
+        "--hostname",
+        hostname,
+    ]
+}
+
+/// The metrics series of a route to a backend on 127.0.0.1:`port`.
+pub fn reachable(node: &str, route: &str, listen_port: u16, port: u16) -> String {
+    format!(
+        "sigma_backend_reachable{{node=\"{node}\",route=\"{route}\",listen_port=\"{listen_port}\",backend=\"127.0.0.1:{port}\"}}"
+    )
+}
+
 /// One PostgreSQL cluster in a temp dir.
 pub struct PgServer {
     pub dir: PathBuf,
@@ -42,13 +75,7 @@ impl PgServer {
     /// own hostnames). It stops when the last test holding it is done.
     pub fn shared() -> Arc<PgServer> {
         static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
-        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(server) = slot.upgrade() {
-            return server;
-        }
-        let server = Arc::new(PgServer::start());
-        *slot = Arc::downgrade(&server);
-        server
+        shared(&SHARED, PgServer::start)
     }
 
     /// A cluster of one's own (for tests that stop it).
@@ -414,6 +441,8 @@ fn path_str(p: &Path) -> &str {
 
 /// Fixture rows, written as the table owner. Ids are returned as text.
 pub mod rows {
+    use std::net::TcpListener;
+
     use postgres::Client;
 
     pub fn vps(db: &mut Client, hostname: &str, status: Option<&str>) -> String {
@@ -456,6 +485,84 @@ pub mod rows {
         .unwrap()
         .get(0)
     }
+
+    /// An active route: name, listen port, backend host, backend port.
+    pub type Active<'a> = (&'a str, i32, &'a str, i32);
+
+    /// An active VPS `hostname` with one active node `node_id` and these active routes: the
+    /// fixture most tests start from. Returns the node's id, to add or change routes later.
+    pub fn active(db: &mut Client, hostname: &str, node_id: &str, routes: &[Active]) -> String {
+        let vps = vps(db, hostname, Some("active"));
+        let node = node(db, &vps, node_id, "active");
+        for &r in routes {
+            active_route(db, &node, r);
+        }
+        node
+    }
+
+    /// An active VPS `hostname` whose one route, `node_id`/`name` on listen port 10001, leads
+    /// to a new loopback listener. Returns the listener: keep it alive, probes of it succeed.
+    pub fn listening(db: &mut Client, hostname: &str, node_id: &str, name: &str) -> TcpListener {
+        let open = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = open.local_addr().unwrap().port();
+        active(
+            db,
+            hostname,
+            node_id,
+            &[(name, 10001, "127.0.0.1", i32::from(port))],
+        );
+        open
+    }
+
+    /// One more active route on `node`. Returns its id.
+    pub fn active_route(
+        db: &mut Client,
+        node: &str,
+        (name, listen_port, host, port): Active,
+    ) -> String {
+        route(
+            db,
+            node,
+            name,
+            listen_port,
+            Some(host),
+            Some(port),
+            "active",
+        )
+    }
+}
+
+/// Threads of this process now.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Runs `work` while a sampler thread records the most threads this process had, then asserts
+/// that `work` started none, during or after, and prints the counts. For a test alone in its
+/// test binary, so that no other test's threads are counted.
+pub fn assert_starts_no_thread(what: &str, work: impl FnOnce()) {
+    let before = threads();
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, most) = (stop.clone(), most.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                most.fetch_max(threads(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    work();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let during = most.load(Ordering::Relaxed) - 1; // less the sampler
+    let after = threads();
+    println!(
+        "threads: before {before}, most during {what} {during} (sampler excluded), after {after}"
+    );
+    assert_eq!(during, before);
+    assert_eq!(after, before);
 }
 
 /// A `PgSource` driven on a poll of its own, for tests that call it directly: `fetch` runs one
