@@ -1,7 +1,7 @@
 //! Reading Envoy's admin interfaces on the loop: once per probe cycle, one `GET
 //! /clusters?format=json` per node that has an admin port, to `127.0.0.1:ADMIN_PORT`.
 //!
-//! A thin driver: the HTTP is the sans-IO [`http_client::Session`], the body is read by the
+//! A thin driver: the HTTP is the sans-IO [`http_client::Session`](crate::http_client::Session), the body is read by the
 //! pure [`envoy::parse_clusters`] and matched to routes by [`envoy::match_route`]. This file
 //! owns the sockets, their tokens (from the loop's counter; [`EnvoyAdmin::owns`] tells the
 //! loop whose they are) and the deadline of each read: [`ADMIN_FETCH_TIMEOUT`], and never

@@ -4,10 +4,11 @@
 //! /metrics.
 //!
 //! Why it looks like this: the agent is one mio loop with no async runtime and no serde, so
-//! this module is pure. [`LineFramer`] turns arriving bytes into lines; [`handle_line`]
-//! turns one line plus the snapshot plus the wall time into zero or one response line. No
-//! I/O, no clock, no state carried between lines: the same function serves stdio and every
-//! TCP connection, and tests drive it with made-up snapshots and times.
+//! this module is pure. `mcp_peer.rs` frames arriving bytes into lines; [`handle_line`]
+//! turns one line plus the snapshot plus the wall time into zero or one response line; the
+//! tool's answer itself is rendered by `report.rs`. No I/O, no clock, no state carried
+//! between lines: the same function serves stdio, every TCP connection and `POST /mcp`, and
+//! tests drive it with made-up snapshots and times.
 //!
 //! Protocol versions (one binary, no flag, both eras at once — a "dual-era" server in the
 //! words of the 2026-07-28 versioning page):
@@ -124,7 +125,7 @@ const INPUT_SCHEMA: &str = concat!(
 
 // ---------------------------------------------------------------- requests
 
-/// The answer to [`Frame::TooLong`]: `-32700` with id null. We refused to parse the line, so
+/// The answer to [`mcp_peer::Frame::TooLong`](crate::mcp_peer::Frame::TooLong): `-32700` with id null. We refused to parse the line, so
 /// we know neither its id nor whether it was a valid request: "invalid JSON was received"
 /// (-32700) is the honest code, -32600 would claim it parsed as JSON but not as a request.
 /// It is also what `json::parse` says for an over-long input.
@@ -164,7 +165,7 @@ enum Era {
     Stateless,
 }
 
-/// Handles one line (from [`Frame::Line`]): appends zero (notification, response, blank
+/// Handles one line (from [`mcp_peer::Frame::Line`](crate::mcp_peer::Frame::Line)): appends zero (notification, response, blank
 /// line) or one response line ending in `\n` to `out`. `now` is the wall time for the tool's
 /// `generated_at` and staleness check. Never panics on any input.
 pub fn handle_line(line: &[u8], snap: &Snapshot, now: SystemTime, out: &mut Vec<u8>) {
