@@ -711,12 +711,6 @@ mod tests {
     use crate::dns::testkit::*;
     use crate::dns::QType;
 
-    const TYPE_A: u16 = 1;
-    const TYPE_AAAA: u16 = 28;
-    const TYPE_CNAME: u16 = 5;
-    const TC: u16 = 0x0200;
-    const SERVFAIL: u16 = 2;
-    const NXDOMAIN: u16 = 3;
     const TRY: Duration = Duration::from_secs(1);
 
     fn srv(last: u8) -> SocketAddr {
