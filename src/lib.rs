@@ -11,6 +11,7 @@ pub mod gzip;
 pub mod http;
 pub mod http_client;
 pub mod json;
+pub mod json_write;
 pub mod logging;
 pub mod mcp;
 pub mod mcp_peer;
