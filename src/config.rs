@@ -361,29 +361,21 @@ pub fn parse_args(mut parser: lexopt::Parser, env: Env) -> Result<Command, Usage
 
     let interval = match interval {
         None => DEFAULT_INTERVAL,
-        Some(v) => {
-            let d = parse_duration(&v)
-                .map_err(|e| UsageError(format!("invalid value '{v}' for {interval_src}: {e}")))?;
-            if d < MIN_INTERVAL || d > MAX_INTERVAL {
-                return Err(UsageError(format!(
-                    "invalid value '{v}' for {interval_src}: must be between 100ms and 24h"
-                )));
-            }
-            d
-        }
+        Some(v) => duration_in(
+            &v,
+            interval_src,
+            MIN_INTERVAL..=MAX_INTERVAL,
+            "must be between 100ms and 24h",
+        )?,
     };
     let asked_timeout = match timeout {
         None => MAX_PROBE_TIMEOUT,
-        Some(v) => {
-            let d = parse_duration(&v)
-                .map_err(|e| UsageError(format!("invalid value '{v}' for {timeout_src}: {e}")))?;
-            if d < MIN_PROBE_TIMEOUT {
-                return Err(UsageError(format!(
-                    "invalid value '{v}' for {timeout_src}: must be at least 10ms (MIN_PROBE_TIMEOUT); above 3s, 3s is used"
-                )));
-            }
-            d
-        }
+        Some(v) => duration_in(
+            &v,
+            timeout_src,
+            MIN_PROBE_TIMEOUT..=Duration::MAX,
+            "must be at least 10ms (MIN_PROBE_TIMEOUT); above 3s, 3s is used",
+        )?,
     };
     let timeout = asked_timeout.min(MAX_PROBE_TIMEOUT);
     let timeout_clamped_from = (asked_timeout > MAX_PROBE_TIMEOUT).then_some(asked_timeout);
@@ -498,6 +490,22 @@ fn pick(
     }
 }
 
+/// `v` ([`parse_duration`]) if it is in `range`; errors name `src` (the flag or environment
+/// variable) and, out of range, say `bounds`.
+fn duration_in(
+    v: &str,
+    src: &str,
+    range: std::ops::RangeInclusive<Duration>,
+    bounds: &str,
+) -> Result<Duration, UsageError> {
+    let invalid = |why: &str| UsageError(format!("invalid value '{v}' for {src}: {why}"));
+    let d = parse_duration(v).map_err(|e| invalid(&e))?;
+    if !range.contains(&d) {
+        return Err(invalid(bounds));
+    }
+    Ok(d)
+}
+
 /// A boolean flag if given, else its environment variable, else false.
 fn flag_or_env(
     flag: Option<bool>,
@@ -567,6 +575,20 @@ mod tests {
         match parse(args, Env::default()) {
             Ok(Command::Run(c)) => c,
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// For options that need a cargo feature: with it `built`, the parsed config; without,
+    /// `None` once the error is checked to say `needs`.
+    fn run_if_built(
+        result: Result<Command, UsageError>,
+        built: bool,
+        needs: &str,
+    ) -> Option<Config> {
+        match result {
+            Ok(Command::Run(c)) if built => Some(c),
+            Err(e) if !built && e.0.contains(needs) => None,
+            other => panic!("built with the feature: {built}; got {other:?}"),
         }
     }
 
@@ -690,10 +712,8 @@ mod tests {
             ..Env::default()
         };
         let result = parse(&["--database-url", "postgresql://agent@db/sigma"], env);
-        if cfg!(feature = "postgres") {
-            let Ok(Command::Run(c)) = result else {
-                panic!("{result:?}")
-            };
+        let needs = "needs a build with the postgres feature";
+        if let Some(c) = run_if_built(result, cfg!(feature = "postgres"), needs) {
             let db = c.database.unwrap();
             assert_eq!(db.hostname, "edge-hk-01");
             assert_eq!(db.pgpassword.as_deref(), Some("s3cret"));
@@ -706,11 +726,6 @@ mod tests {
             assert!(e.0.contains("use one route source"), "{e}");
             let e = parse(&["--database-url", "x"], Env::default()).unwrap_err();
             assert!(e.0.contains("give --hostname"), "{e}");
-        } else {
-            assert!(result
-                .unwrap_err()
-                .0
-                .contains("needs a build with the postgres feature"));
         }
     }
 
@@ -723,10 +738,8 @@ mod tests {
             ..Env::default()
         };
         let result = parse(&["--web-tls-key", "/flag/key.pem"], env);
-        if cfg!(feature = "tls") {
-            let Ok(Command::Run(c)) = result else {
-                panic!("{result:?}")
-            };
+        let needs = "need a build with the tls feature";
+        if let Some(c) = run_if_built(result, cfg!(feature = "tls"), needs) {
             assert_eq!(c.web.tls_cert, Some("/env/cert.pem".into()));
             assert_eq!(c.web.tls_key, Some("/flag/key.pem".into()));
             assert_eq!(c.web.token_file, Some("/env/token".into()));
@@ -742,11 +755,6 @@ mod tests {
                 let e = parse(args, Env::default()).unwrap_err();
                 assert!(e.0.contains(want), "{args:?}: {e}");
             }
-        } else {
-            assert!(result
-                .unwrap_err()
-                .0
-                .contains("need a build with the tls feature"));
         }
         // The token alone works in every build.
         let c = run(&["--web-auth-token-file", "/t"]);

@@ -14,6 +14,7 @@ pub mod http;
 pub mod http_client;
 pub mod http_conn;
 pub mod json;
+pub mod json_write;
 pub mod logging;
 pub mod mcp;
 pub mod mcp_peer;

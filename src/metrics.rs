@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use crate::envoy::Mismatch;
-use crate::snapshot::{Outcome, Reason, RouteState, Snapshot};
+use crate::snapshot::{EnvoyNode, Outcome, Reason, RouteState, Snapshot};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -163,179 +163,164 @@ pub fn render(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
 /// The part that depends only on the snapshot (everything but `process_*`): cached per
 /// snapshot generation and served to every scrape until the next change.
 pub fn render_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
-    family(
+    let routes = &snap.routes;
+    per_item(
         out,
+        routes,
         BACKEND_REACHABLE,
-        "gauge",
+        Kind::Gauge,
         "1 if this host could open a TCP connection to the backend in the last probe, else 0.",
+        |s| s.reachable().map(Sample::Bool),
     );
-    for s in &snap.routes {
-        if let Some(up) = s.reachable() {
-            series(out, BACKEND_REACHABLE, s, None);
-            out.extend_from_slice(if up { b" 1\n" } else { b" 0\n" });
-        }
-    }
-    family(
+    per_item(
         out,
+        routes,
         BACKEND_LATENCY_MS,
-        "gauge",
+        Kind::Gauge,
         "TCP connect time of the last successful probe, in milliseconds (absent while down).",
+        |s| match s.last.as_ref()?.0.outcome {
+            Outcome::Reachable { latency } => Some(Sample::Millis(latency)),
+            _ => None,
+        },
     );
-    for s in &snap.routes {
-        if let Some((r, _)) = &s.last {
-            if let Outcome::Reachable { latency } = r.outcome {
-                series(out, BACKEND_LATENCY_MS, s, None);
-                out.push(b' ');
-                write_millis(out, latency);
-                out.push(b'\n');
-            }
-        }
-    }
     family(
         out,
         BACKEND_FAILURES,
-        "counter",
+        Kind::Counter,
         "Failed probes of the backend by reason (refused, timeout, unreachable, dns, error).",
     );
-    for s in &snap.routes {
+    for s in routes {
         for reason in Reason::ALL {
             let n = s.failures(reason);
             if n > 0 {
                 series(out, BACKEND_FAILURES, s, Some(reason));
-                out.push(b' ');
-                write_u64(out, n);
-                out.push(b'\n');
+                Sample::U64(n).write(out);
             }
         }
     }
-    family(
+    per_item(
         out,
+        routes,
         BACKEND_DNS_SECONDS,
-        "gauge",
+        Kind::Gauge,
         "Time the last lookup of the backend's host name took (routes given by name only).",
+        |s| s.last.as_ref()?.0.dns_duration.map(Sample::Seconds),
     );
-    for s in &snap.routes {
-        if let Some(d) = s.last.as_ref().and_then(|(r, _)| r.dns_duration) {
-            series(out, BACKEND_DNS_SECONDS, s, None);
-            out.push(b' ');
-            write_seconds(out, d);
-            out.push(b'\n');
-        }
-    }
     let counts = |s: &RouteState| s.last.as_ref().and_then(|(r, _)| r.addresses);
-    family(
+    per_item(
         out,
+        routes,
         BACKEND_ADDRESSES,
-        "gauge",
+        Kind::Gauge,
         "strict_dns routes: addresses the backend's name resolved to in the last probe (each is probed).",
+        |s| counts(s).map(|c| Sample::U64(c.total.into())),
     );
-    for s in &snap.routes {
-        if let Some(c) = counts(s) {
-            series(out, BACKEND_ADDRESSES, s, None);
-            out.push(b' ');
-            write_u64(out, c.total.into());
-            out.push(b'\n');
-        }
-    }
-    family(
+    per_item(
         out,
+        routes,
         BACKEND_ADDRESSES_REACHABLE,
-        "gauge",
+        Kind::Gauge,
         "strict_dns routes: addresses that accepted a TCP connection in the last probe.",
+        |s| counts(s).map(|c| Sample::U64(c.reachable.into())),
     );
-    for s in &snap.routes {
-        if let Some(c) = counts(s) {
-            series(out, BACKEND_ADDRESSES_REACHABLE, s, None);
-            out.push(b' ');
-            write_u64(out, c.reachable.into());
-            out.push(b'\n');
-        }
-    }
 
     render_envoy(snap, out);
 
-    counter(out, CYCLES, "Probe cycles completed.", snap.cycles_total);
-    counter(
+    let source = &snap.source;
+    single(
+        out,
+        CYCLES,
+        Kind::Counter,
+        "Probe cycles completed.",
+        Sample::U64(snap.cycles_total),
+    );
+    single(
         out,
         OVERRUNS,
+        Kind::Counter,
         "Probe cycles that took longer than the interval.",
-        snap.overruns_total,
+        Sample::U64(snap.overruns_total),
     );
-    gauge_f64(
+    single(
         out,
         CYCLE_DURATION,
+        Kind::Gauge,
         "Duration of the last completed probe cycle.",
-        snap.last_cycle_duration.map_or(0.0, seconds_f64),
+        Sample::F64(snap.last_cycle_duration.map_or(0.0, seconds_f64)),
     );
-    gauge_f64(
+    single(
         out,
         INTERVAL,
+        Kind::Gauge,
         "Configured time between probe-cycle starts.",
-        seconds_f64(snap.interval),
+        Sample::F64(seconds_f64(snap.interval)),
     );
-    gauge_f64(
+    single(
         out,
         LAST_CYCLE_END,
+        Kind::Gauge,
         "Unix time the last probe cycle completed (0 before the first).",
-        snap.last_cycle_end.map_or(0.0, unix_seconds),
+        Sample::F64(snap.last_cycle_end.map_or(0.0, unix_seconds)),
     );
-    gauge_u64(
+    single(
         out,
         ROUTES,
+        Kind::Gauge,
         "Routes currently known to the agent.",
-        snap.routes.len() as u64,
+        Sample::U64(routes.len() as u64),
     );
-    gauge_u64(
+    single(
         out,
         SOURCE_UP,
+        Kind::Gauge,
         "1 if the last read of the route source succeeded.",
-        snap.source.up as u64,
+        Sample::Bool(source.up),
     );
-    counter(
+    single(
         out,
         SOURCE_ERRORS,
+        Kind::Counter,
         "Failed reads of the route source (invalid file, database errors).",
-        snap.source.errors_total,
+        Sample::U64(source.errors_total),
     );
-    gauge_f64(
+    single(
         out,
         FETCH_DURATION,
+        Kind::Gauge,
         "Duration of the last read of the route source.",
-        snap.source.fetch_duration.map_or(0.0, seconds_f64),
+        Sample::F64(source.fetch_duration.map_or(0.0, seconds_f64)),
     );
-    gauge_u64(
+    single(
         out,
         VPS_REGISTERED,
+        Kind::Gauge,
         "1 if this host's VPS is known to the route source (always 1 for a routes file).",
-        snap.source.vps_registered as u64,
+        Sample::Bool(source.vps_registered),
     );
-    gauge_u64(
+    single(
         out,
         PROBE_ENABLED,
+        Kind::Gauge,
         "1 if health probing is enabled.",
-        snap.probe_enabled as u64,
+        Sample::Bool(snap.probe_enabled),
     );
     family(
         out,
         AGENT_RESOURCE_ERRORS,
-        "counter",
+        Kind::Counter,
         "Failures of the agent itself, not of a backend: connections it could not accept and probes it could not run for lack of file descriptors, buffers or memory.",
     );
     for (op, n) in [
         ("accept", snap.agent_errors.accept),
         ("probe", snap.agent_errors.probe),
     ] {
-        out.extend_from_slice(AGENT_RESOURCE_ERRORS.as_bytes());
-        out.extend_from_slice(b"{op=\"");
-        out.extend_from_slice(op.as_bytes());
-        out.extend_from_slice(b"\"} ");
-        write_u64(out, n);
-        out.push(b'\n');
+        one_label(out, AGENT_RESOURCE_ERRORS, "op", op);
+        Sample::U64(n).write(out);
     }
     family(
         out,
         BUILD_INFO,
-        "gauge",
+        Kind::Gauge,
         "Build information; the value is always 1.",
     );
     out.extend_from_slice(BUILD_INFO.as_bytes());
@@ -354,153 +339,232 @@ pub fn render_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
 /// snapshot changes), a few hundred bytes rendered after the cached part.
 pub fn render_process(snap: &Snapshot, process: &ProcessStats, out: &mut Vec<u8>) {
     // Read at each scrape like the process figures (not part of the snapshot).
-    counter(
+    single(
         out,
         LOG_LINES_DROPPED,
+        Kind::Counter,
         "Log lines dropped because stderr would have blocked the agent (nobody reading it).",
-        process.log_lines_dropped,
+        Sample::U64(process.log_lines_dropped),
     );
-    if let Some(v) = process.cpu_seconds {
-        family(
-            out,
-            PROCESS_CPU,
-            "counter",
-            "Total user and system CPU time spent in seconds.",
-        );
-        sample_f64(out, PROCESS_CPU, v);
-    }
-    if let Some(v) = process.resident_bytes {
-        gauge_u64(out, PROCESS_RSS, "Resident memory size in bytes.", v);
-    }
-    if let Some(v) = process.virtual_bytes {
-        gauge_u64(out, PROCESS_VIRTUAL, "Virtual memory size in bytes.", v);
-    }
-    if let Some(v) = process.virtual_max_bytes {
-        family(
-            out,
-            PROCESS_VIRTUAL_MAX,
-            "gauge",
-            "Maximum amount of virtual memory available in bytes.",
-        );
-        // As client_golang: a float, so unlimited (u64::MAX) reads 1.8446744073709552e+19.
-        out.extend_from_slice(PROCESS_VIRTUAL_MAX.as_bytes());
-        out.push(b' ');
-        if v == u64::MAX {
-            out.extend_from_slice(b"1.8446744073709552e+19");
-        } else {
-            write_u64(out, v);
-        }
-        out.push(b'\n');
-    }
-    if let Some(v) = process.open_fds {
-        gauge_u64(out, PROCESS_OPEN_FDS, "Number of open file descriptors.", v);
-    }
-    if let Some(v) = process.max_fds {
-        gauge_u64(
-            out,
-            PROCESS_MAX_FDS,
-            "Maximum number of open file descriptors.",
-            v,
-        );
-    }
-    gauge_f64(
+    // As client_golang: the address-space limit is a float, so unlimited (u64::MAX) reads
+    // 1.8446744073709552e+19.
+    let virtual_max = |v| match v {
+        u64::MAX => Sample::Text("1.8446744073709552e+19"),
+        v => Sample::U64(v),
+    };
+    // A figure that could not be read is left out, family and all.
+    single(
+        out,
+        PROCESS_CPU,
+        Kind::Counter,
+        "Total user and system CPU time spent in seconds.",
+        process.cpu_seconds.map(Sample::F64),
+    );
+    single(
+        out,
+        PROCESS_RSS,
+        Kind::Gauge,
+        "Resident memory size in bytes.",
+        process.resident_bytes.map(Sample::U64),
+    );
+    single(
+        out,
+        PROCESS_VIRTUAL,
+        Kind::Gauge,
+        "Virtual memory size in bytes.",
+        process.virtual_bytes.map(Sample::U64),
+    );
+    single(
+        out,
+        PROCESS_VIRTUAL_MAX,
+        Kind::Gauge,
+        "Maximum amount of virtual memory available in bytes.",
+        process.virtual_max_bytes.map(virtual_max),
+    );
+    single(
+        out,
+        PROCESS_OPEN_FDS,
+        Kind::Gauge,
+        "Number of open file descriptors.",
+        process.open_fds.map(Sample::U64),
+    );
+    single(
+        out,
+        PROCESS_MAX_FDS,
+        Kind::Gauge,
+        "Maximum number of open file descriptors.",
+        process.max_fds.map(Sample::U64),
+    );
+    single(
         out,
         PROCESS_START,
+        Kind::Gauge,
         "Start time of the process since unix epoch in seconds.",
-        unix_seconds(snap.started_at),
+        Sample::F64(unix_seconds(snap.started_at)),
     );
 }
 
 /// Envoy's view: per route its verdict and the mismatch with ours, per node the admin read.
 fn render_envoy(snap: &Snapshot, out: &mut Vec<u8>) {
-    family(
+    per_item(
         out,
+        &snap.routes,
         ENVOY_BACKEND_HEALTHY,
-        "gauge",
+        Kind::Gauge,
         "1 if Envoy would send traffic to the backend (per its admin interface), 0 if it excluded it; absent when unknown.",
+        |s| s.envoy.as_ref()?.healthy.map(Sample::Bool),
     );
-    for s in &snap.routes {
-        if let Some(healthy) = s.envoy.as_ref().and_then(|e| e.healthy) {
-            series(out, ENVOY_BACKEND_HEALTHY, s, None);
-            out.extend_from_slice(if healthy { b" 1\n" } else { b" 0\n" });
-        }
-    }
     family(
         out,
         VIEW_MISMATCH,
-        "gauge",
+        Kind::Gauge,
         "1 if Envoy and this host's probe disagree about the backend, by direction; absent while either view is unknown.",
     );
-    for s in &snap.routes {
-        if !s.views_known() {
-            continue;
-        }
+    for s in snap.routes.iter().filter(|s| s.views_known()) {
         for m in Mismatch::ALL {
             labelled_series(out, VIEW_MISMATCH, s, "direction", m.as_str());
-            let on = s.mismatch.is_some_and(|(now, _)| now == m);
-            out.extend_from_slice(if on { b" 1\n" } else { b" 0\n" });
+            Sample::Bool(s.mismatch.is_some_and(|(now, _)| now == m)).write(out);
         }
     }
-    let nodes = || snap.envoy_nodes.iter();
-    family(
+    let nodes = &snap.envoy_nodes;
+    per_item(
         out,
+        nodes,
         ENVOY_ADMIN_UP,
-        "gauge",
+        Kind::Gauge,
         "1 if the last read of the node's Envoy admin interface (/clusters?format=json) succeeded.",
+        |n| n.up.map(Sample::Bool),
     );
-    for n in nodes().filter(|n| n.up.is_some()) {
-        node_series(out, ENVOY_ADMIN_UP, &n.node);
-        out.extend_from_slice(if n.up == Some(true) { b" 1\n" } else { b" 0\n" });
-    }
-    family(
+    per_item(
         out,
+        nodes,
         ENVOY_ADMIN_FETCH_DURATION,
-        "gauge",
+        Kind::Gauge,
         "Duration of the last read of the node's Envoy admin interface.",
+        |n| n.fetch_duration.map(Sample::Seconds),
     );
-    for n in nodes() {
-        if let Some(d) = n.fetch_duration {
-            node_series(out, ENVOY_ADMIN_FETCH_DURATION, &n.node);
-            out.push(b' ');
-            write_seconds(out, d);
-            out.push(b'\n');
+    per_item(
+        out,
+        nodes,
+        ENVOY_ADMIN_ERRORS,
+        Kind::Counter,
+        "Failed reads of the node's Envoy admin interface.",
+        |n| Some(Sample::U64(n.errors_total)),
+    );
+    per_item(
+        out,
+        nodes,
+        ENVOY_ADMIN_BYTES,
+        Kind::Gauge,
+        "Bytes received in the last successful read of the node's Envoy admin interface.",
+        |n| (n.up == Some(true)).then_some(Sample::U64(n.body_bytes as u64)),
+    );
+}
+
+/// A metric family's type, as `# TYPE` names it.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
         }
     }
-    family(
-        out,
-        ENVOY_ADMIN_ERRORS,
-        "counter",
-        "Failed reads of the node's Envoy admin interface.",
-    );
-    for n in nodes() {
-        node_series(out, ENVOY_ADMIN_ERRORS, &n.node);
+}
+
+/// One sample's value; [`Sample::write`] appends ` value\n` after the series name and labels.
+#[derive(Clone, Copy)]
+enum Sample {
+    /// `1` or `0`.
+    Bool(bool),
+    U64(u64),
+    F64(f64),
+    /// A duration in milliseconds ([`write_millis`]).
+    Millis(Duration),
+    /// A duration in seconds ([`write_seconds`]).
+    Seconds(Duration),
+    /// A value already in exposition form.
+    Text(&'static str),
+}
+
+impl Sample {
+    fn write(self, out: &mut Vec<u8>) {
         out.push(b' ');
-        write_u64(out, n.errors_total);
-        out.push(b'\n');
-    }
-    family(
-        out,
-        ENVOY_ADMIN_BYTES,
-        "gauge",
-        "Bytes received in the last successful read of the node's Envoy admin interface.",
-    );
-    for n in nodes().filter(|n| n.up == Some(true)) {
-        node_series(out, ENVOY_ADMIN_BYTES, &n.node);
-        out.push(b' ');
-        write_u64(out, n.body_bytes as u64);
+        match self {
+            Sample::Bool(b) => out.push(if b { b'1' } else { b'0' }),
+            Sample::U64(n) => write_u64(out, n),
+            Sample::F64(x) => write_f64(out, x),
+            Sample::Millis(d) => write_millis(out, d),
+            Sample::Seconds(d) => write_seconds(out, d),
+            Sample::Text(t) => out.extend_from_slice(t.as_bytes()),
+        }
         out.push(b'\n');
     }
 }
 
-/// `name{node=".."}` without value.
-fn node_series(out: &mut Vec<u8>, name: &str, node: &str) {
+/// What the series of a per-item family are labelled by: a route or an Envoy node.
+trait Labels {
+    /// Writes `name{labels}` without the value.
+    fn series(&self, out: &mut Vec<u8>, name: &str);
+}
+
+impl Labels for RouteState {
+    fn series(&self, out: &mut Vec<u8>, name: &str) {
+        series(out, name, self, None);
+    }
+}
+
+impl Labels for EnvoyNode {
+    fn series(&self, out: &mut Vec<u8>, name: &str) {
+        one_label(out, name, "node", &self.node);
+    }
+}
+
+/// A family with a series per item that has a value (`value` gives `None` to leave an item
+/// out): `# HELP`/`# TYPE` even when no item has one, then each series.
+fn per_item<T: Labels>(
+    out: &mut Vec<u8>,
+    items: &[T],
+    name: &str,
+    kind: Kind,
+    help: &str,
+    value: impl Fn(&T) -> Option<Sample>,
+) {
+    family(out, name, kind, help);
+    for item in items {
+        if let Some(v) = value(item) {
+            item.series(out, name);
+            v.write(out);
+        }
+    }
+}
+
+/// A family of one series without labels; left out, family and all, when `value` is `None`
+/// (a process figure that could not be read).
+fn single(out: &mut Vec<u8>, name: &str, kind: Kind, help: &str, value: impl Into<Option<Sample>>) {
+    if let Some(value) = value.into() {
+        family(out, name, kind, help);
+        out.extend_from_slice(name.as_bytes());
+        value.write(out);
+    }
+}
+
+/// `name{key=".."}` without value.
+fn one_label(out: &mut Vec<u8>, name: &str, key: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"{node=\"");
-    write_label_value(out, node);
+    out.push(b'{');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"=\"");
+    write_label_value(out, value);
     out.extend_from_slice(b"\"}");
 }
 
-/// A route's series with one more label (a fixed ASCII value).
+/// A route's series with one more label.
 fn labelled_series(out: &mut Vec<u8>, name: &str, s: &RouteState, key: &str, value: &str) {
     series(out, name, s, None);
     out.pop(); // the closing `}`
@@ -524,7 +588,8 @@ pub fn write_label_value(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-fn family(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
+/// `# HELP` and `# TYPE`, once per family.
+fn family(out: &mut Vec<u8>, name: &str, kind: Kind, help: &str) {
     out.extend_from_slice(b"# HELP ");
     out.extend_from_slice(name.as_bytes());
     out.push(b' ');
@@ -532,7 +597,7 @@ fn family(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
     out.extend_from_slice(b"\n# TYPE ");
     out.extend_from_slice(name.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(kind.as_str().as_bytes());
     out.push(b'\n');
 }
 
@@ -552,35 +617,6 @@ fn series(out: &mut Vec<u8>, name: &str, s: &RouteState, reason: Option<Reason>)
         out.extend_from_slice(r.as_str().as_bytes());
     }
     out.extend_from_slice(b"\"}");
-}
-
-fn counter(out: &mut Vec<u8>, name: &str, help: &str, v: u64) {
-    family(out, name, "counter", help);
-    sample_u64(out, name, v);
-}
-
-fn gauge_u64(out: &mut Vec<u8>, name: &str, help: &str, v: u64) {
-    family(out, name, "gauge", help);
-    sample_u64(out, name, v);
-}
-
-fn gauge_f64(out: &mut Vec<u8>, name: &str, help: &str, v: f64) {
-    family(out, name, "gauge", help);
-    sample_f64(out, name, v);
-}
-
-fn sample_u64(out: &mut Vec<u8>, name: &str, v: u64) {
-    out.extend_from_slice(name.as_bytes());
-    out.push(b' ');
-    write_u64(out, v);
-    out.push(b'\n');
-}
-
-fn sample_f64(out: &mut Vec<u8>, name: &str, v: f64) {
-    out.extend_from_slice(name.as_bytes());
-    out.push(b' ');
-    write_f64(out, v);
-    out.push(b'\n');
 }
 
 fn write_u64(out: &mut Vec<u8>, v: u64) {

@@ -37,9 +37,10 @@ pub enum Mode {
     Plain,
 }
 
-/// The shared part of [`StdIn`] and [`StdOut`].
+/// Standard input or output as a non-blocking mio source (see the module docs). `OUT` says
+/// which, so [`StdIn`] has only `read` and [`StdOut`] only `write`; the rest is shared.
 #[derive(Debug)]
-struct StdFd {
+pub struct StdStream<const OUT: bool> {
     fd: RawFd,
     mode: Mode,
     /// For `Borrowed`: whether `O_NONBLOCK` was set before we set it.
@@ -48,14 +49,32 @@ struct StdFd {
     registered: bool,
 }
 
-impl StdFd {
-    fn new(inherited: RawFd, write: bool) -> io::Result<StdFd> {
+/// Standard input (fd 0), registered for READABLE.
+pub type StdIn = StdStream<false>;
+
+/// Standard output (fd 1), registered for WRITABLE: edge-triggered, so write until
+/// `WouldBlock`, then wait for the event.
+pub type StdOut = StdStream<true>;
+
+impl<const OUT: bool> StdStream<OUT> {
+    /// Prepares fd 0 ([`StdIn`]) or fd 1 ([`StdOut`]). Fails only if that fd is closed or
+    /// `fcntl` fails.
+    pub fn new() -> io::Result<Self> {
+        Self::with_fd(if OUT {
+            libc::STDOUT_FILENO
+        } else {
+            libc::STDIN_FILENO
+        })
+    }
+
+    /// `inherited` must stay open while this lives; it is never closed by us.
+    fn with_fd(inherited: RawFd) -> io::Result<Self> {
         // SAFETY: fstat only writes into the zeroed struct we pass.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid, writable `stat`; a bad fd makes fstat fail with EBADF.
         cvt(unsafe { libc::fstat(inherited, &mut st) })?;
         let kind = st.st_mode & libc::S_IFMT;
-        let plain = StdFd {
+        let plain = StdStream {
             fd: inherited,
             mode: Mode::Plain,
             was_nonblocking: false,
@@ -66,8 +85,8 @@ impl StdFd {
             return Ok(plain);
         }
         if kind == libc::S_IFIFO || kind == libc::S_IFCHR {
-            if let Ok(fd) = reopen(inherited, write) {
-                return Ok(StdFd {
+            if let Ok(fd) = reopen(inherited, OUT) {
+                return Ok(StdStream {
                     fd,
                     mode: Mode::Reopened,
                     always_ready: false,
@@ -81,7 +100,7 @@ impl StdFd {
             // SAFETY: F_SETFL takes an int, no pointer; Drop restores the flag we add here.
             cvt(unsafe { libc::fcntl(inherited, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
         }
-        Ok(StdFd {
+        Ok(StdStream {
             mode: Mode::Borrowed,
             was_nonblocking: flags & libc::O_NONBLOCK != 0,
             always_ready: false,
@@ -89,15 +108,18 @@ impl StdFd {
         })
     }
 
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
+    /// Registers for READABLE ([`StdIn`]) or WRITABLE ([`StdOut`]). A no-op when
+    /// [`is_always_ready`](Self::is_always_ready), which it also becomes if epoll refuses the
+    /// fd (`EPERM`).
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         if self.always_ready {
             return Ok(());
         }
+        let interest = if OUT {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         match registry.register(&mut SourceFd(&self.fd), token, interest) {
             Ok(()) => {
                 self.registered = true;
@@ -111,16 +133,45 @@ impl StdFd {
         }
     }
 
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         if !self.registered {
             return Ok(());
         }
         self.registered = false;
         registry.deregister(&mut SourceFd(&self.fd))
     }
+
+    /// True when epoll cannot watch this stream (regular file, `/dev/null`): no events will
+    /// come, so read every loop turn, with a zero poll timeout, until `read` returns 0, and
+    /// write whenever there is output (it never blocks). Decided at construction, or by
+    /// [`register`](Self::register).
+    pub fn is_always_ready(&self) -> bool {
+        self.always_ready
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
 }
 
-impl Drop for StdFd {
+impl StdIn {
+    /// Reads what is there: `Ok(0)` is end of input, `WouldBlock` means drained.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+        retry(|| unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) })
+    }
+}
+
+impl StdOut {
+    /// Writes what fits: a short count is normal, `WouldBlock` means full, `BrokenPipe`
+    /// means the reader is gone.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // SAFETY: `data` is valid for `data.len()` bytes of reads.
+        retry(|| unsafe { libc::write(self.fd, data.as_ptr().cast(), data.len()) })
+    }
+}
+
+impl<const OUT: bool> Drop for StdStream<OUT> {
     fn drop(&mut self) {
         match self.mode {
             Mode::Reopened => {
@@ -162,117 +213,17 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
-/// Standard input as a non-blocking mio source. See the module docs.
-#[derive(Debug)]
-pub struct StdIn {
-    inner: StdFd,
-}
-
-impl StdIn {
-    /// Prepares fd 0. Fails only if fd 0 is closed or `fcntl` fails.
-    pub fn new() -> io::Result<StdIn> {
-        StdIn::with_fd(libc::STDIN_FILENO)
-    }
-
-    /// `fd` must stay open while the `StdIn` lives; it is never closed by us.
-    fn with_fd(fd: RawFd) -> io::Result<StdIn> {
-        Ok(StdIn {
-            inner: StdFd::new(fd, false)?,
-        })
-    }
-
-    /// Registers for READABLE. A no-op when [`is_always_ready`](Self::is_always_ready),
-    /// which it also becomes if epoll refuses the fd (`EPERM`).
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        self.inner.register(registry, token, Interest::READABLE)
-    }
-
-    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.inner.deregister(registry)
-    }
-
-    /// Reads what is there: `Ok(0)` is end of input, `WouldBlock` means drained.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
-            let n = unsafe { libc::read(self.inner.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            match cvt_size(n) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
+/// Makes a `read`/`write` call, again while it fails with `EINTR`.
+fn retry(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
         }
-    }
-
-    /// True when epoll cannot watch this input (regular file, `/dev/null`): no events will
-    /// come, so call [`read`](Self::read) every loop turn, with a zero poll timeout, until
-    /// it returns 0. Decided at construction, or by [`register`](Self::register).
-    pub fn is_always_ready(&self) -> bool {
-        self.inner.always_ready
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.inner.mode
-    }
-}
-
-/// Standard output as a non-blocking mio sink. See the module docs.
-#[derive(Debug)]
-pub struct StdOut {
-    inner: StdFd,
-}
-
-impl StdOut {
-    /// Prepares fd 1. Fails only if fd 1 is closed or `fcntl` fails.
-    pub fn new() -> io::Result<StdOut> {
-        StdOut::with_fd(libc::STDOUT_FILENO)
-    }
-
-    /// `fd` must stay open while the `StdOut` lives; it is never closed by us.
-    fn with_fd(fd: RawFd) -> io::Result<StdOut> {
-        Ok(StdOut {
-            inner: StdFd::new(fd, true)?,
-        })
-    }
-
-    /// Registers for WRITABLE (edge-triggered: write until `WouldBlock`, then wait for the
-    /// event). A no-op when [`is_always_ready`](Self::is_always_ready).
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        self.inner.register(registry, token, Interest::WRITABLE)
-    }
-
-    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.inner.deregister(registry)
-    }
-
-    /// Writes what fits: a short count is normal, `WouldBlock` means full, `BrokenPipe`
-    /// means the reader is gone.
-    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `data` is valid for `data.len()` bytes of reads.
-            let n = unsafe { libc::write(self.inner.fd, data.as_ptr().cast(), data.len()) };
-            match cvt_size(n) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
-    }
-
-    /// True when epoll cannot watch this output (regular file): writes never block, so
-    /// write whenever there is output.
-    pub fn is_always_ready(&self) -> bool {
-        self.inner.always_ready
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.inner.mode
     }
 }
 
