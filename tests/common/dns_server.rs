@@ -50,6 +50,16 @@ pub enum Behavior {
     CompressionLoop,
 }
 
+impl Behavior {
+    /// A records `v4`; AAAA queries get NODATA.
+    pub fn v4(v4: &[Ipv4Addr]) -> Behavior {
+        Behavior::Addrs {
+            v4: v4.to_vec(),
+            v6: vec![],
+        }
+    }
+}
+
 /// Address the misbehaving replies carry, so a test can tell if one was taken (on loopback,
 /// so nothing leaves the machine even if one were).
 pub const BOGUS: Ipv4Addr = Ipv4Addr::new(127, 6, 6, 6);
