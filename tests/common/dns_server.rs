@@ -174,6 +174,7 @@ fn serve_tcp(listener: TcpListener, state: Arc<Mutex<State>>, stop: Arc<AtomicBo
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => serve_tcp_conn(stream, &state),
+            // Non-blocking accept, idle pauses: the stop flag is seen within 10 ms.
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }

@@ -87,9 +87,14 @@ impl Agent {
     /// Starts the agent probing the routes in `routes`, with `flags` (such as
     /// `--health-probe-interval 200ms`) besides `--health-probe --routes-file`.
     pub fn probing(routes: &TempFile, flags: &[&str]) -> Agent {
+        Self::probing_command(Command::new(BIN), routes, flags)
+    }
+
+    /// As [`Agent::probing`], with a command the caller prepared (see [`Agent::start_command`]).
+    pub fn probing_command(cmd: Command, routes: &TempFile, flags: &[&str]) -> Agent {
         let mut args = vec!["--health-probe", "--routes-file", routes.path()];
         args.extend_from_slice(flags);
-        Self::start(&args)
+        Self::start_command(cmd, &args)
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
