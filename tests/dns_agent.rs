@@ -11,14 +11,6 @@ use common::*;
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// Starts the agent probing `routes`, names resolved by `dns`, with `flags` besides.
-fn agent(dns: &DnsServer, routes: &TempFile, flags: &[&str]) -> Agent {
-    let dns_addr = dns.addr().to_string();
-    let mut args = vec!["--dns-server", &dns_addr];
-    args.extend_from_slice(flags);
-    Agent::probing(routes, &args)
-}
-
 #[test]
 fn names_resolve_on_the_loop_and_failures_are_reason_dns() {
     let dns = DnsServer::start();
@@ -48,40 +40,27 @@ fn names_resolve_on_the_loop_and_failures_are_reason_dns() {
             format!("n1 hosts 10007 localhost:{port}"),
         ],
     );
-    let agent = agent(&dns, &routes, &["--health-probe-interval", "200ms"]);
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "200ms", &dns.flag()]);
     let m = agent.wait_cycles(2, Duration::from_secs(10));
-    for (route, lp, host) in [
-        ("up", 10001, "up.test"),
-        ("alias", 10002, "alias.test"),
-        ("big", 10005, "big.test"),
+    // (route, listen port, name, reachable): the failed lookups are counted as reason dns.
+    for (route, lp, host, up) in [
+        ("up", 10001, "up.test", true),
+        ("alias", 10002, "alias.test", true),
+        ("big", 10005, "big.test", true),
+        ("gone", 10003, "gone.test", false),
+        ("broken", 10004, "broken.test", false),
     ] {
         let b = format!("{host}:{port}");
-        assert_eq!(
-            sample(&m, &series("sigma_backend_reachable", "n1", route, lp, &b)),
-            Some(1.0),
-            "{route}\n{m}"
-        );
-        let took = sample(
-            &m,
-            &series("sigma_backend_dns_lookup_seconds", "n1", route, lp, &b),
-        )
-        .unwrap();
-        assert!(took < 3.0, "{route}: {took}");
-    }
-    for (route, lp, host) in [
-        ("gone", 10003, "gone.test"),
-        ("broken", 10004, "broken.test"),
-    ] {
-        let b = format!("{host}:{port}");
-        assert_eq!(
-            sample(&m, &series("sigma_backend_reachable", "n1", route, lp, &b)),
-            Some(0.0),
-            "{route}"
-        );
-        assert!(
-            sample(&m, &failures("n1", route, lp, &b, "dns")).unwrap() >= 1.0,
-            "{route}\n{m}"
-        );
+        let reachable = sample(&m, &series("sigma_backend_reachable", "n1", route, lp, &b));
+        assert_eq!(reachable, Some(if up { 1.0 } else { 0.0 }), "{route}\n{m}");
+        if up {
+            let lookup = series("sigma_backend_dns_lookup_seconds", "n1", route, lp, &b);
+            let took = sample(&m, &lookup).unwrap();
+            assert!(took < 3.0, "{route}: {took}");
+        } else {
+            let failed = sample(&m, &failures("n1", route, lp, &b, "dns"));
+            assert!(failed.unwrap() >= 1.0, "{route}\n{m}");
+        }
     }
     // IP literals and /etc/hosts names are not looked up on the network; a literal has no
     // lookup time (a hosts name has one: it is a name).
@@ -116,7 +95,7 @@ fn a_silent_name_server_ends_the_probe_at_its_deadline_and_scrapes_go_on() {
         &["n1 silent 10001 silent.test:443".to_string()],
     );
     let started = Instant::now();
-    let agent = agent(&dns, &routes, &["--health-probe-timeout", "1500ms"]);
+    let agent = Agent::probing(&routes, &["--health-probe-timeout", "1500ms", &dns.flag()]);
     // While the lookup is pending, /metrics answers at once.
     agent.wait_until(Duration::from_secs(2), "the lookup is sent", || {
         (dns.queries("silent.test") >= 1).then_some(())
@@ -157,7 +136,7 @@ fn short_ttl_answers_are_asked_again_after_they_expire() {
     // TTL 1 s is raised to the 5 s floor: cycles every 1 s ask again after ~5 s, not every cycle.
     dns.set("short.test", Behavior::v4(&[LOOPBACK]), 1);
     let routes = write_routes("dns-ttl", &[format!("n1 short 10001 short.test:{port}")]);
-    let agent = agent(&dns, &routes, &["--health-probe-interval", "1s"]);
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "1s", &dns.flag()]);
     agent.wait_cycles(3, Duration::from_secs(5));
     assert_eq!(dns.queries("short.test"), 1);
     agent.wait_until(Duration::from_secs(10), "the name is asked again", || {

@@ -49,14 +49,7 @@ fn strict_dns_probes_every_address_and_logical_dns_the_first() {
             format!("n1 both 10004 two.test:{port} cluster_type=strict_dns connect_timeout=1s"),
         ],
     );
-    let dns_addr = dns.addr().to_string();
-    let flags = [
-        "--health-probe-interval",
-        "300ms",
-        "--dns-server",
-        &dns_addr,
-    ];
-    let agent = Agent::probing(&routes, &flags);
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "300ms", &dns.flag()]);
     let m = agent.wait_cycles(2, Duration::from_secs(10));
     let b = format!("pool.test:{port}");
     let two = format!("two.test:{port}");

@@ -444,13 +444,7 @@ fn the_agents_fd_shortage_is_not_a_backend_failure() {
     let routes = write_routes("emfile", &lines);
     let mut cmd = Command::new(BIN);
     limit_open_files(&mut cmd, 32);
-    let dns_addr = dns.addr().to_string();
-    let flags = [
-        "--health-probe-interval",
-        "100ms",
-        "--dns-server",
-        &dns_addr,
-    ];
+    let flags = ["--health-probe-interval", "100ms", &dns.flag()];
     let mut agent = Agent::probing_command(cmd, &routes, &flags);
     agent.wait_cycles(1, Duration::from_secs(5));
     let queries = dns.queries("svc.test");

@@ -107,6 +107,11 @@ impl DnsServer {
         self.addr
     }
 
+    /// The agent's flag to resolve names through this server: `--dns-server=ADDR`.
+    pub fn flag(&self) -> String {
+        format!("--dns-server={}", self.addr)
+    }
+
     pub fn set(&self, name: &str, behavior: Behavior, ttl: u32) {
         let mut state = self.state.lock().unwrap();
         state
