@@ -2,16 +2,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn series(name: &str, route: &str, port: u16, backend: &str) -> String {
-    format!("{name}{{node=\"n1\",route=\"{route}\",listen_port=\"{port}\",backend=\"{backend}\"}}")
-}
 
 #[test]
 fn each_outcome_shows_in_metrics() {
@@ -28,71 +23,47 @@ fn each_outcome_shows_in_metrics() {
             format!("n1 byname 10004 localhost:{open_port}"),
         ],
     );
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--health-probe-timeout",
-        "300ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 2")
-    });
-    let open_b = format!("127.0.0.1:{open_port}");
-    assert_eq!(
+    let agent = Agent::probing(
+        &routes,
+        &[
+            "--health-probe-interval",
+            "200ms",
+            "--health-probe-timeout",
+            "300ms",
+        ],
+    );
+    let m = agent.wait_cycles(2, Duration::from_secs(10));
+    let (open_b, closed_b) = (
+        format!("127.0.0.1:{open_port}"),
+        format!("127.0.0.1:{closed}"),
+    );
+    let (hole_b, by_name) = (
+        format!("127.0.0.1:{}", hole.port),
+        format!("localhost:{open_port}"),
+    );
+    // (route, listen port, backend, reachable, failures counted under this reason)
+    for (route, lp, b, reachable, reason) in [
+        ("open", 10001, &open_b, 1.0, None),
+        ("closed", 10002, &closed_b, 0.0, Some("refused")),
+        ("hole", 10003, &hole_b, 0.0, Some("timeout")),
+        ("byname", 10004, &by_name, 1.0, None),
+    ] {
+        let reachable_series = series("sigma_backend_reachable", "n1", route, lp, b);
+        assert_eq!(sample(&m, &reachable_series), Some(reachable), "{route}");
+        if let Some(reason) = reason {
+            let failed = sample(&m, &failures("n1", route, lp, b, reason));
+            assert!(failed.unwrap() >= 2.0, "{route}: {m}");
+        }
+    }
+    let latency = |route, lp, b| {
         sample(
             &m,
-            &series("sigma_backend_reachable", "open", 10001, &open_b)
-        ),
-        Some(1.0)
-    );
-    let latency = sample(
-        &m,
-        &series("sigma_backend_probe_latency_ms", "open", 10001, &open_b),
-    )
-    .unwrap();
-    assert!(latency > 0.0 && latency < 300.0, "{latency}");
-    let closed_b = format!("127.0.0.1:{closed}");
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_reachable", "closed", 10002, &closed_b)
-        ),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_probe_latency_ms", "closed", 10002, &closed_b)
-        ),
-        None
-    );
-    let refused = format!(
-        "sigma_backend_probe_failures_total{{node=\"n1\",route=\"closed\",listen_port=\"10002\",backend=\"{closed_b}\",reason=\"refused\"}}"
-    );
-    assert!(sample(&m, &refused).unwrap() >= 2.0, "{m}");
-    let hole_b = format!("127.0.0.1:{}", hole.port);
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_reachable", "hole", 10003, &hole_b)
-        ),
-        Some(0.0)
-    );
-    let timeouts = format!(
-        "sigma_backend_probe_failures_total{{node=\"n1\",route=\"hole\",listen_port=\"10003\",backend=\"{hole_b}\",reason=\"timeout\"}}"
-    );
-    assert!(sample(&m, &timeouts).unwrap() >= 2.0, "{m}");
-    let by_name = format!("localhost:{open_port}");
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_reachable", "byname", 10004, &by_name)
-        ),
-        Some(1.0)
-    );
+            &series("sigma_backend_probe_latency_ms", "n1", route, lp, b),
+        )
+    };
+    let open_latency = latency("open", 10001, &open_b).unwrap();
+    assert!(open_latency > 0.0 && open_latency < 300.0, "{open_latency}");
+    assert_eq!(latency("closed", 10002, &closed_b), None);
     assert_eq!(sample(&m, "sigma_routes"), Some(4.0));
     assert_eq!(sample(&m, "sigma_health_probe_enabled"), Some(1.0));
     // Each cycle holds a 300 ms timeout, so cycles take longer than the 200 ms interval.
@@ -121,17 +92,9 @@ fn timeout_above_three_seconds_is_clamped() {
     let hole = blackhole();
     let routes = write_routes("clamp", &[format!("n1 hole 10001 127.0.0.1:{}", hole.port)]);
     let started = Instant::now();
-    let mut agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-timeout",
-        "10s",
-        "--routes-file",
-        routes.path(),
-    ]);
+    let mut agent = Agent::probing(&routes, &["--health-probe-timeout", "10s"]);
     agent.wait_log("above the 3s maximum; using 3s", Duration::from_secs(5));
-    let m = agent.wait_metrics(Duration::from_secs(8), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let m = agent.wait_cycles(1, Duration::from_secs(8));
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(2900),
@@ -153,10 +116,8 @@ fn label_values_are_escaped() {
         "escape",
         &[format!("n1 we\"ird\\name 10001 127.0.0.1:{port}")],
     );
-    let agent = Agent::start(&["--health-probe", "--routes-file", routes.path()]);
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let agent = Agent::probing(&routes, &[]);
+    let m = agent.wait_cycles(1, Duration::from_secs(5));
     let want = format!(
         "sigma_backend_reachable{{node=\"n1\",route=\"we\\\"ird\\\\name\",listen_port=\"10001\",backend=\"127.0.0.1:{port}\"}} 1\n"
     );
@@ -199,12 +160,7 @@ fn http_errors_and_keep_alive() {
     assert!(r.body.is_empty());
 
     // Two requests on one keep-alive connection, the second pipelined behind the first.
-    let mut s = TcpStream::connect(a).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
+    let buf = send(a, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let text = String::from_utf8(buf).unwrap();
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     // After errors, the agent still serves.
@@ -218,9 +174,12 @@ fn scrape_does_not_wait_for_a_pending_probe() {
         "pending",
         &[format!("n1 hole 10001 127.0.0.1:{}", hole.port)],
     );
-    let agent = Agent::start(&["--health-probe", "--routes-file", routes.path()]);
+    let agent = Agent::probing(&routes, &[]);
     // The first cycle starts at once and its only probe stays pending for 3 s.
-    std::thread::sleep(Duration::from_millis(200));
+    agent.wait_until(Duration::from_secs(2), "the probe is pending", || {
+        agent.connecting_to(hole.port).then_some(())
+    });
+    let pending = Instant::now();
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();
@@ -228,7 +187,8 @@ fn scrape_does_not_wait_for_a_pending_probe() {
         best = best.min(t.elapsed());
         assert!(
             m.contains("sigma_probe_cycles_total 0"),
-            "the probe should still be pending"
+            "the probe should still be pending ({:?} after it was seen pending)",
+            pending.elapsed()
         );
     }
     assert!(
@@ -243,8 +203,11 @@ fn silent_clients_do_not_lock_out_a_scrape() {
     let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(agent.http).unwrap())
         .collect();
-    // Let the agent accept them all.
-    std::thread::sleep(Duration::from_millis(300));
+    agent.wait_until(
+        Duration::from_secs(5),
+        "the agent accepted them all",
+        || (agent.accept_queue() == 0).then_some(()),
+    );
     // The first scrape must evict a silent client to get in (else 503); timings on a shared
     // CI machine are noisy, so the best of three is held to the 100 ms.
     let mut best = Duration::MAX;
@@ -266,8 +229,10 @@ fn sigterm_and_sigint_exit_zero_promptly_with_a_probe_pending() {
     for sig in [SIGTERM, SIGINT] {
         let hole = blackhole();
         let routes = write_routes("sig", &[format!("n1 hole 10001 127.0.0.1:{}", hole.port)]);
-        let mut agent = Agent::start(&["--health-probe", "--routes-file", routes.path()]);
-        std::thread::sleep(Duration::from_millis(100));
+        let mut agent = Agent::probing(&routes, &[]);
+        agent.wait_until(Duration::from_secs(2), "the probe is pending", || {
+            agent.connecting_to(hole.port).then_some(())
+        });
         let t = Instant::now();
         agent.signal(sig);
         assert_eq!(agent.wait_exit(Duration::from_secs(2)), Some(0));
@@ -284,21 +249,16 @@ fn routes_file_changes_are_picked_up_and_invalid_edits_keep_the_old_set() {
     let open = accepting();
     let port = open.local_addr().unwrap().port();
     let routes = write_routes("edit", &[format!("n1 first 10001 127.0.0.1:{port}")]);
-    let mut agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "100ms",
-        "--routes-file",
-        routes.path(),
-    ]);
+    let mut agent = Agent::probing(&routes, &["--health-probe-interval", "100ms"]);
     let b = format!("127.0.0.1:{port}");
+    let reachable = |route, lp| series("sigma_backend_reachable", "n1", route, lp, &b);
     agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains(&series("sigma_backend_reachable", "first", 10001, &b))
+        m.contains(&reachable("first", 10001))
     });
 
     routes.replace(&format!("n1 second 10002 127.0.0.1:{port}\n"));
     let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains(&series("sigma_backend_reachable", "second", 10002, &b))
+        m.contains(&reachable("second", 10002))
     });
     assert!(
         !m.contains("route=\"first\""),
@@ -310,7 +270,7 @@ fn routes_file_changes_are_picked_up_and_invalid_edits_keep_the_old_set() {
         sample(m, "sigma_route_source_errors_total") == Some(1.0)
     });
     assert!(
-        m.contains(&series("sigma_backend_reachable", "second", 10002, &b)),
+        m.contains(&reachable("second", 10002)),
         "old set kept:\n{m}"
     );
     assert_eq!(sample(&m, "sigma_route_source_up"), Some(0.0));
@@ -320,7 +280,7 @@ fn routes_file_changes_are_picked_up_and_invalid_edits_keep_the_old_set() {
     routes.replace(&format!("n1 third 10003 127.0.0.1:{port}\n"));
     agent.signal(SIGHUP);
     let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains(&series("sigma_backend_reachable", "third", 10003, &b))
+        m.contains(&reachable("third", 10003))
     });
     assert_eq!(sample(&m, "sigma_route_source_up"), Some(1.0));
 }
@@ -396,9 +356,7 @@ fn environment_fallbacks_apply() {
             ("AGENT_ROUTES_FILE", routes.path()),
         ],
     );
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 3.0
-    });
+    let m = agent.wait_cycles(3, Duration::from_secs(5));
     assert_eq!(sample(&m, "sigma_probe_interval_seconds"), Some(0.1));
 }
 
@@ -409,10 +367,12 @@ fn without_health_probe_nothing_is_probed() {
     let routes = write_routes("off", &[format!("n1 r 10001 127.0.0.1:{port}")]);
     let mut agent = Agent::start(&["--routes-file", routes.path()]);
     agent.wait_log("health probing is off", Duration::from_secs(2));
-    std::thread::sleep(Duration::from_millis(200));
-    let m = agent.metrics();
-    assert_eq!(sample(&m, "sigma_health_probe_enabled"), Some(0.0));
-    assert_eq!(sample(&m, "sigma_probe_cycles_total"), Some(0.0));
-    assert_eq!(sample(&m, "sigma_routes"), Some(1.0));
-    assert!(!m.contains("sigma_backend_reachable{"));
+    // Nothing is to happen: the window in which a probe would show is the test.
+    hold_for(Duration::from_millis(200), || {
+        let m = agent.metrics();
+        assert_eq!(sample(&m, "sigma_health_probe_enabled"), Some(0.0));
+        assert_eq!(sample(&m, "sigma_probe_cycles_total"), Some(0.0));
+        assert_eq!(sample(&m, "sigma_routes"), Some(1.0));
+        assert!(!m.contains("sigma_backend_reachable{"));
+    });
 }

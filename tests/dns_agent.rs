@@ -11,29 +11,12 @@ use common::*;
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn series(name: &str, route: &str, listen_port: u16, backend: &str) -> String {
-    format!("{name}{{node=\"n1\",route=\"{route}\",listen_port=\"{listen_port}\",backend=\"{backend}\"}}")
-}
-
-fn failures(route: &str, listen_port: u16, backend: &str, reason: &str) -> String {
-    format!(
-        "sigma_backend_probe_failures_total{{node=\"n1\",route=\"{route}\",listen_port=\"{listen_port}\",backend=\"{backend}\",reason=\"{reason}\"}}"
-    )
-}
-
 #[test]
 fn names_resolve_on_the_loop_and_failures_are_reason_dns() {
     let dns = DnsServer::start();
     let open = accepting();
     let port = open.local_addr().unwrap().port();
-    dns.set(
-        "up.test",
-        Behavior::Addrs {
-            v4: vec![LOOPBACK],
-            v6: vec![],
-        },
-        60,
-    );
+    dns.set("up.test", Behavior::v4(&[LOOPBACK]), 60);
     dns.set(
         "alias.test",
         Behavior::CnameChain {
@@ -57,75 +40,43 @@ fn names_resolve_on_the_loop_and_failures_are_reason_dns() {
             format!("n1 hosts 10007 localhost:{port}"),
         ],
     );
-    let dns_addr = dns.addr().to_string();
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--dns-server",
-        &dns_addr,
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 2")
-    });
-    for (route, lp, host) in [
-        ("up", 10001, "up.test"),
-        ("alias", 10002, "alias.test"),
-        ("big", 10005, "big.test"),
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "200ms", &dns.flag()]);
+    let m = agent.wait_cycles(2, Duration::from_secs(10));
+    // (route, listen port, name, reachable): the failed lookups are counted as reason dns.
+    for (route, lp, host, up) in [
+        ("up", 10001, "up.test", true),
+        ("alias", 10002, "alias.test", true),
+        ("big", 10005, "big.test", true),
+        ("gone", 10003, "gone.test", false),
+        ("broken", 10004, "broken.test", false),
     ] {
         let b = format!("{host}:{port}");
-        assert_eq!(
-            sample(&m, &series("sigma_backend_reachable", route, lp, &b)),
-            Some(1.0),
-            "{route}\n{m}"
-        );
-        let took = sample(
-            &m,
-            &series("sigma_backend_dns_lookup_seconds", route, lp, &b),
-        )
-        .unwrap();
-        assert!(took < 3.0, "{route}: {took}");
+        let reachable = sample(&m, &series("sigma_backend_reachable", "n1", route, lp, &b));
+        assert_eq!(reachable, Some(if up { 1.0 } else { 0.0 }), "{route}\n{m}");
+        if up {
+            let lookup = series("sigma_backend_dns_lookup_seconds", "n1", route, lp, &b);
+            let took = sample(&m, &lookup).unwrap();
+            assert!(took < 3.0, "{route}: {took}");
+        } else {
+            let failed = sample(&m, &failures("n1", route, lp, &b, "dns"));
+            assert!(failed.unwrap() >= 1.0, "{route}\n{m}");
+        }
     }
-    for (route, lp, host) in [
-        ("gone", 10003, "gone.test"),
-        ("broken", 10004, "broken.test"),
-    ] {
-        let b = format!("{host}:{port}");
-        assert_eq!(
-            sample(&m, &series("sigma_backend_reachable", route, lp, &b)),
-            Some(0.0),
-            "{route}"
-        );
-        assert!(
-            sample(&m, &failures(route, lp, &b, "dns")).unwrap() >= 1.0,
-            "{route}\n{m}"
-        );
+    // IP literals and /etc/hosts names are not looked up on the network; a literal has no
+    // lookup time (a hosts name has one: it is a name).
+    let (literal, hosts) = (format!("127.0.0.1:{port}"), format!("localhost:{port}"));
+    for (route, lp, b) in [("literal", 10006, &literal), ("hosts", 10007, &hosts)] {
+        let reachable = series("sigma_backend_reachable", "n1", route, lp, b);
+        assert_eq!(sample(&m, &reachable), Some(1.0), "{route}");
     }
-    // IP literals and /etc/hosts names are not looked up on the network, and have no lookup time.
-    let literal = format!("127.0.0.1:{port}");
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_reachable", "literal", 10006, &literal)
-        ),
-        Some(1.0)
-    );
-    assert!(!m.contains(&series(
+    let lookup = series(
         "sigma_backend_dns_lookup_seconds",
+        "n1",
         "literal",
         10006,
-        &literal
-    )));
-    let hosts = format!("localhost:{port}");
-    assert_eq!(
-        sample(
-            &m,
-            &series("sigma_backend_reachable", "hosts", 10007, &hosts)
-        ),
-        Some(1.0)
+        &literal,
     );
+    assert!(!m.contains(&lookup), "{m}");
     assert_eq!(dns.queries("localhost"), 0);
     assert!(
         dns.tcp_queries() >= 1,
@@ -143,19 +94,12 @@ fn a_silent_name_server_ends_the_probe_at_its_deadline_and_scrapes_go_on() {
         "dns-silent",
         &["n1 silent 10001 silent.test:443".to_string()],
     );
-    let dns_addr = dns.addr().to_string();
     let started = Instant::now();
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-timeout",
-        "1500ms",
-        "--dns-server",
-        &dns_addr,
-        "--routes-file",
-        routes.path(),
-    ]);
+    let agent = Agent::probing(&routes, &["--health-probe-timeout", "1500ms", &dns.flag()]);
     // While the lookup is pending, /metrics answers at once.
-    std::thread::sleep(Duration::from_millis(200));
+    agent.wait_until(Duration::from_secs(2), "the lookup is sent", || {
+        (dns.queries("silent.test") >= 1).then_some(())
+    });
     let mut best = Duration::MAX;
     let mut m = String::new();
     for _ in 0..3 {
@@ -165,16 +109,17 @@ fn a_silent_name_server_ends_the_probe_at_its_deadline_and_scrapes_go_on() {
     }
     assert!(best < Duration::from_millis(100), "scrape took {best:?}");
     assert!(m.contains("sigma_probe_cycles_total 0"));
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let m = agent.wait_cycles(1, Duration::from_secs(5));
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1400),
         "gave up after {took:?}, before the deadline"
     );
     assert!(
-        sample(&m, &failures("silent", 10001, "silent.test:443", "dns")) == Some(1.0),
+        sample(
+            &m,
+            &failures("n1", "silent", 10001, "silent.test:443", "dns")
+        ) == Some(1.0),
         "{m}"
     );
     assert!(
@@ -189,28 +134,12 @@ fn short_ttl_answers_are_asked_again_after_they_expire() {
     let open = accepting();
     let port = open.local_addr().unwrap().port();
     // TTL 1 s is raised to the 5 s floor: cycles every 1 s ask again after ~5 s, not every cycle.
-    dns.set(
-        "short.test",
-        Behavior::Addrs {
-            v4: vec![LOOPBACK],
-            v6: vec![],
-        },
-        1,
-    );
+    dns.set("short.test", Behavior::v4(&[LOOPBACK]), 1);
     let routes = write_routes("dns-ttl", &[format!("n1 short 10001 short.test:{port}")]);
-    let dns_addr = dns.addr().to_string();
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "1s",
-        "--dns-server",
-        &dns_addr,
-        "--routes-file",
-        routes.path(),
-    ]);
-    agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 3")
-    });
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "1s", &dns.flag()]);
+    agent.wait_cycles(3, Duration::from_secs(5));
     assert_eq!(dns.queries("short.test"), 1);
-    agent.wait_metrics(Duration::from_secs(10), |_| dns.queries("short.test") >= 2);
+    agent.wait_until(Duration::from_secs(10), "the name is asked again", || {
+        (dns.queries("short.test") >= 2).then_some(())
+    });
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::dns_server::{Behavior, DnsServer};
 use mio::{Events, Poll, Token};
-use sigma_agent_lite::dns::{DnsFailure, Resolver, ResolverConfig, Start, MIN_TTL};
+use sigma_agent_lite::dns::{DnsFailure, Lookup, Resolver, ResolverConfig, Start, MIN_TTL};
 
 /// The probe's deadline in the agent.
 const CALLER_DEADLINE: Duration = Duration::from_secs(3);
@@ -36,13 +36,26 @@ fn resolve_at(resolver: &mut Resolver, name: &str, base: Instant, deadline: Dura
         }
         Start::Pending(lookup) => lookup,
     };
+    Outcome {
+        result: drive(&mut lookup, resolver, clock, base + deadline),
+        network: true,
+        elapsed: real_start.elapsed(),
+    }
+}
+
+/// Pumps `lookup` on a mio loop of its own until it ends, or `give_up` (by `clock`) passes.
+fn drive(
+    lookup: &mut Lookup,
+    resolver: &mut Resolver,
+    clock: impl Fn() -> Instant,
+    give_up: Instant,
+) -> Result<IpAddr, DnsFailure> {
     let mut poll = Poll::new().expect("poll");
     let mut events = Events::with_capacity(8);
     lookup
         .register(poll.registry(), Token(7))
         .expect("register");
-    let give_up = base + deadline;
-    let result = loop {
+    loop {
         let now = clock();
         if now >= give_up {
             lookup.deregister(poll.registry());
@@ -62,11 +75,6 @@ fn resolve_at(resolver: &mut Resolver, name: &str, base: Instant, deadline: Dura
                 break result;
             }
         }
-    };
-    Outcome {
-        result,
-        network: true,
-        elapsed: real_start.elapsed(),
     }
 }
 
@@ -80,6 +88,15 @@ fn setup() -> (DnsServer, Resolver) {
     (server, resolver)
 }
 
+/// A fresh server answering `name` with `behavior` (TTL 60 s), its resolver, and the outcome
+/// of the first lookup of `name`.
+fn first_lookup(name: &str, behavior: Behavior) -> (DnsServer, Resolver, Outcome) {
+    let (server, mut resolver) = setup();
+    server.set(name, behavior, 60);
+    let outcome = resolve(&mut resolver, name);
+    (server, resolver, outcome)
+}
+
 fn v4(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, d)
 }
@@ -89,10 +106,7 @@ fn a_record_then_cache_hit() {
     let (server, mut resolver) = setup();
     server.set(
         "a.test",
-        Behavior::Addrs {
-            v4: vec![v4(127, 0, 2, 10), v4(127, 0, 2, 11)],
-            v6: vec![],
-        },
+        Behavior::v4(&[v4(127, 0, 2, 10), v4(127, 0, 2, 11)]),
         60,
     );
     let first = resolve(&mut resolver, "A.Test");
@@ -113,14 +127,7 @@ fn loopback_lookup_time() {
     let mut times = Vec::new();
     for i in 0..20 {
         let name = format!("host{i}.test");
-        server.set(
-            &name,
-            Behavior::Addrs {
-                v4: vec![v4(10, 0, 0, i)],
-                v6: vec![],
-            },
-            60,
-        );
+        server.set(&name, Behavior::v4(&[v4(10, 0, 0, i)]), 60);
         let outcome = resolve(&mut resolver, &name);
         assert_eq!(outcome.result, Ok(IpAddr::V4(v4(10, 0, 0, i))));
         times.push(outcome.elapsed);
@@ -134,17 +141,10 @@ fn loopback_lookup_time() {
 
 #[test]
 fn aaaa_when_no_a() {
-    let (server, mut resolver) = setup();
     let ip: Ipv6Addr = "2001:db8::42".parse().unwrap();
-    server.set(
-        "v6.test",
-        Behavior::Addrs {
-            v4: vec![],
-            v6: vec![ip],
-        },
-        60,
-    );
-    let outcome = resolve(&mut resolver, "v6.test");
+    let v6 = vec![ip];
+    let (server, mut resolver, outcome) =
+        first_lookup("v6.test", Behavior::Addrs { v4: vec![], v6 });
     assert_eq!(outcome.result, Ok(IpAddr::V6(ip)));
     assert_eq!(server.queries("v6.test"), 2, "A (NODATA) then AAAA");
     // Both answers are cached: no new query.
@@ -153,38 +153,19 @@ fn aaaa_when_no_a() {
 
 #[test]
 fn no_address_at_all() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "empty.test",
-        Behavior::Addrs {
-            v4: vec![],
-            v6: vec![],
-        },
-        60,
-    );
-    assert_eq!(
-        resolve(&mut resolver, "empty.test").result,
-        Err(DnsFailure::NoAddress)
-    );
+    let (server, _, outcome) = first_lookup("empty.test", Behavior::v4(&[]));
+    assert_eq!(outcome.result, Err(DnsFailure::NoAddress));
     assert_eq!(server.queries("empty.test"), 2);
     assert_eq!(DnsFailure::NoAddress.as_str(), "no address");
 }
 
 #[test]
 fn cname_chain() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "www.test",
-        Behavior::CnameChain {
-            chain: vec!["edge.cdn.test".into(), "pop1.cdn.test".into()],
-            v4: vec![v4(198, 51, 100, 9)],
-        },
-        60,
-    );
-    assert_eq!(
-        resolve(&mut resolver, "www.test").result,
-        Ok(IpAddr::V4(v4(198, 51, 100, 9)))
-    );
+    let chain = vec!["edge.cdn.test".into(), "pop1.cdn.test".into()];
+    let addrs = vec![v4(198, 51, 100, 9)];
+    let behavior = Behavior::CnameChain { chain, v4: addrs };
+    let (server, _, outcome) = first_lookup("www.test", behavior);
+    assert_eq!(outcome.result, Ok(IpAddr::V4(v4(198, 51, 100, 9))));
     assert_eq!(server.queries("www.test"), 1);
 }
 
@@ -240,77 +221,44 @@ fn silent_server_exhausts_tries() {
     assert!(outcome.elapsed < CALLER_DEADLINE);
 }
 
+/// Servers that lose, or race with, a first answer: the lookup still ends with the right
+/// address, after this many queries.
 #[test]
-fn retransmits_after_lost_datagram() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "lossy.test",
-        Behavior::DropFirst {
-            v4: vec![v4(10, 9, 9, 9)],
-        },
-        60,
-    );
-    let outcome = resolve(&mut resolver, "lossy.test");
-    assert_eq!(outcome.result, Ok(IpAddr::V4(v4(10, 9, 9, 9))));
-    assert_eq!(server.queries("lossy.test"), 2);
+fn lost_and_spoofed_replies_still_give_the_right_address() {
+    let ip = v4(10, 9, 9, 9);
+    for (name, behavior, queries) in [
+        // A lost datagram is retransmitted.
+        ("lossy.test", Behavior::DropFirst { v4: vec![ip] }, 2),
+        // A reply with the wrong id, or from the wrong address, is dropped; the right one is
+        // taken (no new query).
+        (
+            "spoofed-id.test",
+            Behavior::WrongIdFirst { v4: vec![ip] },
+            1,
+        ),
+        (
+            "spoofed-source.test",
+            Behavior::WrongSourceFirst { v4: vec![ip] },
+            1,
+        ),
+    ] {
+        let (server, _, outcome) = first_lookup(name, behavior);
+        assert_eq!(outcome.result, Ok(IpAddr::V4(ip)), "{name}");
+        assert_eq!(server.queries(name), queries, "{name}");
+    }
 }
 
 #[test]
 fn truncated_udp_retried_over_tcp() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "big.test",
-        Behavior::TruncateUdp {
-            v4: vec![v4(203, 0, 113, 5)],
-        },
-        60,
-    );
-    assert_eq!(
-        resolve(&mut resolver, "big.test").result,
-        Ok(IpAddr::V4(v4(203, 0, 113, 5)))
-    );
+    let addrs = vec![v4(203, 0, 113, 5)];
+    let (server, _, outcome) = first_lookup("big.test", Behavior::TruncateUdp { v4: addrs });
+    assert_eq!(outcome.result, Ok(IpAddr::V4(v4(203, 0, 113, 5))));
     assert_eq!((server.udp_queries(), server.tcp_queries()), (1, 1));
 }
 
 #[test]
-fn wrong_id_reply_is_dropped() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "spoofed.test",
-        Behavior::WrongIdFirst {
-            v4: vec![v4(10, 1, 1, 1)],
-        },
-        60,
-    );
-    assert_eq!(
-        resolve(&mut resolver, "spoofed.test").result,
-        Ok(IpAddr::V4(v4(10, 1, 1, 1)))
-    );
-    assert_eq!(server.queries("spoofed.test"), 1);
-}
-
-#[test]
-fn wrong_source_reply_is_dropped() {
-    let (server, mut resolver) = setup();
-    server.set(
-        "spoofed.test",
-        Behavior::WrongSourceFirst {
-            v4: vec![v4(10, 2, 2, 2)],
-        },
-        60,
-    );
-    assert_eq!(
-        resolve(&mut resolver, "spoofed.test").result,
-        Ok(IpAddr::V4(v4(10, 2, 2, 2)))
-    );
-    assert_eq!(server.queries("spoofed.test"), 1);
-}
-
-#[test]
 fn compression_loop_reply_is_an_error() {
-    let (server, mut resolver) = setup();
-    server.set("loop.test", Behavior::CompressionLoop, 60);
-    let outcome = resolve(&mut resolver, "loop.test");
+    let (server, mut resolver, outcome) = first_lookup("loop.test", Behavior::CompressionLoop);
     match &outcome.result {
         Err(DnsFailure::Error(msg)) => assert!(msg.contains("BadPointer"), "{msg}"),
         other => panic!("expected an error, got {other:?}"),
@@ -324,14 +272,7 @@ fn compression_loop_reply_is_an_error() {
 #[test]
 fn ttl_expiry_causes_new_query() {
     let (server, mut resolver) = setup();
-    server.set(
-        "short.test",
-        Behavior::Addrs {
-            v4: vec![v4(10, 3, 3, 3)],
-            v6: vec![],
-        },
-        1,
-    );
+    server.set("short.test", Behavior::v4(&[v4(10, 3, 3, 3)]), 1);
     let t0 = Instant::now();
     assert!(resolve_at(&mut resolver, "short.test", t0, CALLER_DEADLINE).network);
     // TTL 1 s is clamped up to MIN_TTL: still cached 2 s later.
@@ -442,14 +383,7 @@ fn system_mode_reads_and_reloads_resolv_conf() {
 fn start_all_gives_every_address_of_the_answer() {
     let (server, _) = setup();
     let three = vec![v4(127, 0, 0, 1), v4(127, 0, 0, 2), v4(127, 0, 0, 3)];
-    server.set(
-        "pool.test",
-        Behavior::Addrs {
-            v4: three.clone(),
-            v6: vec![],
-        },
-        60,
-    );
+    server.set("pool.test", Behavior::v4(&three), 60);
     let hosts = temp_path("hosts-all");
     std::fs::write(
         &hosts,
@@ -466,21 +400,14 @@ fn start_all_gives_every_address_of_the_answer() {
     let Start::Pending(mut lookup) = start else {
         panic!("expected a network lookup");
     };
-    let mut poll = Poll::new().unwrap();
-    let mut events = Events::with_capacity(8);
-    lookup.register(poll.registry(), Token(7)).unwrap();
-    let deadline = Instant::now() + CALLER_DEADLINE;
-    let result = loop {
-        assert!(Instant::now() < deadline, "no answer");
-        poll.poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
-        if let Some(r) = lookup.on_ready(&mut resolver, poll.registry(), Instant::now()) {
-            break r;
-        }
-    };
+    let result = drive(
+        &mut lookup,
+        &mut resolver,
+        Instant::now,
+        Instant::now() + CALLER_DEADLINE,
+    );
     assert_eq!(result, Ok(want[0]));
     assert_eq!(lookup.addresses(), want.as_slice());
-    lookup.deregister(poll.registry());
     // From the cache: at once, all three.
     let (start, all) = resolver.start_all("pool.test", Instant::now());
     assert!(matches!(start, Start::Done(Ok(ip)) if ip == want[0]));

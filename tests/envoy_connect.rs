@@ -11,10 +11,6 @@ use std::time::Duration;
 use common::dns_server::{Behavior, DnsServer};
 use common::*;
 
-fn series(name: &str, route: &str, listen_port: u16, backend: &str) -> String {
-    format!("{name}{{node=\"n1\",route=\"{route}\",listen_port=\"{listen_port}\",backend=\"{backend}\"}}")
-}
-
 /// Listeners on 127.0.0.1 and 127.0.0.2 with one port number, free on 127.0.0.3 too (nothing
 /// listens there, so a connect to it is refused).
 fn two_of_three() -> (TcpListener, TcpListener, u16) {
@@ -42,22 +38,8 @@ fn strict_dns_probes_every_address_and_logical_dns_the_first() {
         Ipv4Addr::new(127, 0, 0, 2),
         Ipv4Addr::new(127, 0, 0, 3),
     ];
-    dns.set(
-        "pool.test",
-        Behavior::Addrs {
-            v4: three.clone(),
-            v6: vec![],
-        },
-        60,
-    );
-    dns.set(
-        "two.test",
-        Behavior::Addrs {
-            v4: three[..2].to_vec(),
-            v6: vec![],
-        },
-        60,
-    );
+    dns.set("pool.test", Behavior::v4(&three), 60);
+    dns.set("two.test", Behavior::v4(&three[..2]), 60);
     let routes = write_routes(
         "strict-dns",
         &[
@@ -67,77 +49,33 @@ fn strict_dns_probes_every_address_and_logical_dns_the_first() {
             format!("n1 both 10004 two.test:{port} cluster_type=strict_dns connect_timeout=1s"),
         ],
     );
-    let dns_addr = dns.addr().to_string();
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "300ms",
-        "--dns-server",
-        &dns_addr,
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 2")
-    });
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "300ms", &dns.flag()]);
+    let m = agent.wait_cycles(2, Duration::from_secs(10));
     let b = format!("pool.test:{port}");
     let two = format!("two.test:{port}");
-    let value = |name: &str, route: &str, lp: u16, backend: &str| {
-        sample(&m, &series(name, route, lp, backend))
-    };
-    // strict_dns: three addresses, two answered, so the route is down (Envoy would send a
-    // third of its connections to the closed one).
-    assert_eq!(
-        value("sigma_backend_reachable", "strict", 10001, &b),
-        Some(0.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_addresses", "strict", 10001, &b),
-        Some(3.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_addresses_reachable", "strict", 10001, &b),
-        Some(2.0),
-        "{m}"
-    );
-    let refused = format!(
-        "sigma_backend_probe_failures_total{{node=\"n1\",route=\"strict\",listen_port=\"10001\",backend=\"{b}\",reason=\"refused\"}}"
-    );
+    // (route, listen port, backend, reachable, addresses, addresses reachable)
+    for (route, lp, backend, reachable, addresses, answered) in [
+        // strict_dns: three addresses, two answered, so the route is down (Envoy would send a
+        // third of its connections to the closed one).
+        ("strict", 10001, &b, 0.0, Some(3.0), Some(2.0)),
+        // logical_dns and no type: the first address only, which listens.
+        ("logical", 10002, &b, 1.0, None, None),
+        ("plain", 10003, &b, 1.0, None, None),
+        // strict_dns with every address listening is up, 2 of 2.
+        ("both", 10004, &two, 1.0, Some(2.0), Some(2.0)),
+    ] {
+        let value = |name| sample(&m, &series(name, "n1", route, lp, backend));
+        assert_eq!(
+            value("sigma_backend_reachable"),
+            Some(reachable),
+            "{route}: {m}"
+        );
+        assert_eq!(value("sigma_backend_addresses"), addresses, "{route}: {m}");
+        let reachable_addresses = value("sigma_backend_addresses_reachable");
+        assert_eq!(reachable_addresses, answered, "{route}: {m}");
+    }
+    let refused = failures("n1", "strict", 10001, &b, "refused");
     assert!(sample(&m, &refused).unwrap_or(0.0) >= 1.0, "{m}");
-    // logical_dns and no type: the first address only, which listens.
-    assert_eq!(
-        value("sigma_backend_reachable", "logical", 10002, &b),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_reachable", "plain", 10003, &b),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_addresses", "logical", 10002, &b),
-        None,
-        "{m}"
-    );
-    // strict_dns with every address listening is up, 2 of 2.
-    assert_eq!(
-        value("sigma_backend_reachable", "both", 10004, &two),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_addresses", "both", 10004, &two),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        value("sigma_backend_addresses_reachable", "both", 10004, &two),
-        Some(2.0),
-        "{m}"
-    );
     // The log names the address that failed and the count.
     let log = agent.log();
     assert!(
@@ -157,22 +95,16 @@ fn connect_timeout_is_the_route_deadline() {
         )],
     );
     // The agent's own timeout is 3 s; the route's 300 ms must win.
-    let agent = Agent::start(&[
-        "--health-probe",
+    let flags = [
         "--health-probe-interval",
         "200ms",
         "--health-probe-timeout",
         "3s",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 2")
-    });
+    ];
+    let agent = Agent::probing(&routes, &flags);
+    let m = agent.wait_cycles(2, Duration::from_secs(10));
     let b = format!("127.0.0.1:{}", hole.port);
-    let timeout = format!(
-        "sigma_backend_probe_failures_total{{node=\"n1\",route=\"slow\",listen_port=\"10001\",backend=\"{b}\",reason=\"timeout\"}}"
-    );
+    let timeout = failures("n1", "slow", 10001, &b, "timeout");
     assert!(sample(&m, &timeout).unwrap_or(0.0) >= 2.0, "{m}");
     let cycle = sample(&m, "sigma_probe_cycle_duration_seconds").unwrap();
     assert!(

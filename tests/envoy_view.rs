@@ -11,35 +11,23 @@ use std::time::{Duration, Instant};
 use common::envoy_admin::{FakeAdmin, FakeHost, Mode};
 use common::*;
 
-fn series(name: &str, node: &str, route: &str, lp: u16, backend: &str) -> String {
-    format!(
-        "{name}{{node=\"{node}\",route=\"{route}\",listen_port=\"{lp}\",backend=\"{backend}\"}}"
-    )
-}
-
 fn mismatch(node: &str, route: &str, lp: u16, backend: &str, direction: &str) -> String {
-    format!("sigma_backend_view_mismatch{{node=\"{node}\",route=\"{route}\",listen_port=\"{lp}\",backend=\"{backend}\",direction=\"{direction}\"}}")
-}
-
-/// The MCP address from the start-up log line (`; mcp 127.0.0.1:PORT`).
-fn mcp_addr(agent: &Agent) -> SocketAddr {
-    let log = agent.log();
-    let at = log.find("; mcp ").expect("mcp address in the log") + "; mcp ".len();
-    let addr: String = log[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';')
-        .collect();
-    addr.parse().unwrap()
+    let direction = format!(",direction=\"{direction}\"");
+    labelled(
+        "sigma_backend_view_mismatch",
+        node,
+        route,
+        lp,
+        backend,
+        &direction,
+    )
 }
 
 /// One `tools/call` over TCP; returns the answer line.
 fn tool_call(addr: SocketAddr, args: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let call = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"query_backend_health\",\"arguments\":{args}}}}}\n"
-    );
-    s.write_all(call.as_bytes()).unwrap();
+    s.write_all(health_call(args).as_bytes()).unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     line
@@ -71,24 +59,20 @@ fn mismatches_both_ways_in_metrics_mcp_and_log() {
             format!("n2 e 10001 127.0.0.1:{pc}"),
         ],
     );
-    let mut agent = Agent::start(&[
-        "--health-probe",
+    let flags = [
         "--health-probe-interval",
         "300ms",
         "--mcp-listen",
         "127.0.0.1:0",
-        "--routes-file",
-        routes.path(),
-    ]);
+    ];
+    let mut agent = Agent::probing(&routes, &flags);
     let (ba, bb, bc, bd) = (
         format!("127.0.0.1:{pa}"),
         format!("127.0.0.1:{pb}"),
         format!("127.0.0.1:{pc}"),
         format!("127.0.0.1:{pd}"),
     );
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 2")
-    });
+    let m = agent.wait_cycles(2, Duration::from_secs(10));
     let v = |s: &str| sample(&m, s);
     assert_eq!(v("sigma_envoy_admin_up{node=\"n1\"}"), Some(1.0), "{m}");
     assert_eq!(v("sigma_envoy_admin_up{node=\"n2\"}"), None, "{m}");
@@ -129,7 +113,7 @@ fn mismatches_both_ways_in_metrics_mcp_and_log() {
     );
 
     // MCP: the envoy object, the mismatch_only filter, the nodes' admin reads.
-    let mcp = mcp_addr(&agent);
+    let mcp = agent.mcp_addr();
     let all = tool_call(mcp, "{}");
     assert!(all.contains(r#""mismatches":2"#), "{all}");
     assert!(
@@ -231,18 +215,14 @@ fn hostile_admin_interfaces_cost_nothing_else() {
         lines.push(format!("{node} dead 10002 {dead} admin_port={ap}"));
     }
     let routes = write_routes("envoy-hostile", &lines);
-    let agent = Agent::start(&[
-        "--health-probe",
+    let flags = [
         "--health-probe-interval",
         "1s",
         "--mcp-listen",
         "127.0.0.1:0",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(15), |m| {
-        m.contains("sigma_probe_cycles_total 3")
-    });
+    ];
+    let mut agent = Agent::probing(&routes, &flags);
+    let m = agent.wait_cycles(3, Duration::from_secs(15));
     for (node, _) in nodes {
         let up = sample(&m, &format!("sigma_envoy_admin_up{{node=\"{node}\"}}"));
         let want = if node == "chunked" { 1.0 } else { 0.0 };
@@ -286,7 +266,7 @@ fn hostile_admin_interfaces_cost_nothing_else() {
     assert!(huge_took < 1.0, "huge read took {huge_took}s");
     // The agent stays responsive while the slow and huge ones are in flight: scrapes and MCP
     // answer at once, every time.
-    let mcp = mcp_addr(&agent);
+    let mcp = agent.mcp_addr();
     for _ in 0..10 {
         let t = Instant::now();
         let _ = agent.metrics();
@@ -297,6 +277,7 @@ fn hostile_admin_interfaces_cost_nothing_else() {
             "took {:?}",
             t.elapsed()
         );
+        // Spread over a second, so that some checks fall while the slow read is in flight.
         std::thread::sleep(Duration::from_millis(100));
     }
     let all = tool_call(mcp, "{}");

@@ -73,24 +73,23 @@ fn keep_alive_clients_do_not_lock_out_a_scrape() {
                         served.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                // The load's pace, about a request a second on each connection, is the test.
                 let rest = Duration::from_secs(1).saturating_sub(round.elapsed());
                 std::thread::sleep(rest);
             }
             reconnects
         })
     };
-    // Every client has had a request answered on its kept-alive connection.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served.load(Ordering::Relaxed) < CLIENTS {
-        assert!(Instant::now() < deadline, "the clients did not get served");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let every_client_served = || (served.load(Ordering::Relaxed) >= CLIENTS).then_some(());
+    let what = "every client has had a request answered on its kept-alive connection";
+    wait_until(Duration::from_secs(20), what, every_client_served);
     let mut times = Vec::new();
     for _ in 0..25 {
         let t = Instant::now();
         let r = agent.get("/metrics");
         times.push(t.elapsed());
         assert_eq!(r.status, 200, "a scrape was refused under keep-alive load");
+        // Scrapes spread over the clients' rounds, as Prometheus's would be: the pace is the test.
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
@@ -114,17 +113,14 @@ fn out_of_descriptors_no_queued_client_is_left_waiting() {
     let mut cmd = Command::new(BIN);
     limit_open_files(&mut cmd, 32);
     let mut agent = Agent::start_command(cmd, &["--mcp-listen", "127.0.0.1:0"]);
-    let log = agent.wait_log("; mcp 127.0.0.1:", Duration::from_secs(5));
-    let at = log.find("; mcp 127.0.0.1:").unwrap() + "; mcp ".len();
-    let mcp: SocketAddr = log[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';')
-        .collect::<String>()
-        .parse()
-        .unwrap();
+    let mcp = agent.mcp_addr();
     // More silent connections than the agent has descriptors for.
     let silent: Vec<TcpStream> = (0..40).filter_map(|_| connect(agent.http)).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_until(
+        Duration::from_secs(5),
+        "the agent has taken them all",
+        || (agent.accept_queue() == 0).then_some(()),
+    );
 
     let mut c = connect(mcp).expect("connect to MCP");
     c.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n")
@@ -202,14 +198,10 @@ fn http_parsing_follows_rfc_9112() {
     );
     assert_eq!(r.status, 200);
     // obs-text in a value is accepted; NUL is not.
-    let mut s = TcpStream::connect(a).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(
+    let buf = send(
+        a,
         b"GET /healthz HTTP/1.1\r\nHost: t\r\nUser-Agent: caf\xe9\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    );
     assert_eq!(parse_response(&buf).status, 200);
     let r = request(
         a,
@@ -219,12 +211,6 @@ fn http_parsing_follows_rfc_9112() {
     assert_eq!(agent.get("/healthz").status, 200);
 }
 
-fn series(name: &str, node: &str, route: &str, port: u16, backend: &str) -> String {
-    format!(
-        "{name}{{node=\"{node}\",route=\"{route}\",listen_port=\"{port}\",backend=\"{backend}\"}}"
-    )
-}
-
 /// A writer that truncates the routes file in place and rewrites it slowly: neither the empty
 /// file nor the half-written one is applied; the whole one is, once it has settled.
 #[test]
@@ -232,16 +218,8 @@ fn a_file_rewritten_in_place_is_applied_only_once_settled() {
     let closed = closed_port();
     let line = |i: usize| format!("n1 r{i} {} 127.0.0.1:{closed}\n", 10_000 + i);
     let routes = TempFile::new("settle", &(0..3).map(line).collect::<String>());
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "100ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    agent.wait_metrics(Duration::from_secs(5), |m| {
-        sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 1.0
-    });
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "100ms"]);
+    agent.wait_cycles(1, Duration::from_secs(5));
     let whole: String = (0..1000).map(line).collect();
     let half = &whole[..whole.len() / 2];
     let half = &half[..=half.rfind('\n').unwrap()];
@@ -251,22 +229,18 @@ fn a_file_rewritten_in_place_is_applied_only_once_settled() {
         .truncate(true)
         .open(&routes.path)
         .unwrap();
-    let watch = |for_: Duration| {
-        let until = Instant::now() + for_;
-        while Instant::now() < until {
-            let m = agent.metrics();
-            assert_eq!(
-                sample(&m, "sigma_routes"),
-                Some(3.0),
-                "an empty or half-written file was applied"
-            );
-            assert_eq!(sample(&m, "sigma_route_source_up"), Some(1.0));
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let unchanged = || {
+        let m = agent.metrics();
+        assert_eq!(
+            sample(&m, "sigma_routes"),
+            Some(3.0),
+            "an empty or half-written file was applied"
+        );
+        assert_eq!(sample(&m, "sigma_route_source_up"), Some(1.0));
     };
-    watch(Duration::from_millis(700));
+    hold_for(Duration::from_millis(700), unchanged);
     f.write_all(half.as_bytes()).unwrap();
-    watch(Duration::from_millis(700));
+    hold_for(Duration::from_millis(700), unchanged);
     f.write_all(&whole.as_bytes()[half.len()..]).unwrap();
     drop(f);
     let written = Instant::now();
@@ -319,16 +293,7 @@ fn an_unreadable_file_fixed_with_chmod_is_read_again() {
     } else {
         0o000
     };
-    let mut agent = Agent::start_command(
-        cmd,
-        &[
-            "--health-probe",
-            "--health-probe-interval",
-            "100ms",
-            "--routes-file",
-            routes.path(),
-        ],
-    );
+    let mut agent = Agent::probing_command(cmd, &routes, &["--health-probe-interval", "100ms"]);
     agent.wait_metrics(Duration::from_secs(5), |m| {
         m.contains(&series("sigma_backend_reachable", "n1", "first", 10001, &b))
     });
@@ -362,10 +327,8 @@ fn a_byte_order_mark_is_not_part_of_the_first_node() {
     let port = open.local_addr().unwrap().port();
     let b = format!("127.0.0.1:{port}");
     let routes = TempFile::new("bom", &format!("\u{feff}n1 r 10001 {b}\n"));
-    let agent = Agent::start(&["--health-probe", "--routes-file", routes.path()]);
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        sample(m, "sigma_probe_cycles_total") == Some(1.0)
-    });
+    let agent = Agent::probing(&routes, &[]);
+    let m = agent.wait_cycles(1, Duration::from_secs(5));
     let want = series("sigma_backend_reachable", "n1", "r", 10001, &b);
     assert_eq!(sample(&m, &want), Some(1.0), "{m}");
     assert!(!m.contains('\u{feff}'), "{m}");
@@ -380,18 +343,7 @@ fn run_briefly(args: &[&str], within: Duration) -> (Option<i32>, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, within);
     let mut err = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     (status, err)
@@ -437,40 +389,43 @@ fn closing_backend(reset: bool) -> u16 {
     port
 }
 
+/// `count` routes `n1 r{i}` on listen ports 10000 + i, all to `backend`.
+fn routes_to(backend: &str, count: u16) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("n1 r{i} {} {backend}", 10_000 + i))
+        .collect()
+}
+
+/// Asserts that the `count` routes of [`routes_to`] are reachable in the scrape `m` and that
+/// no probe failure was counted (`why` it would be wrong).
+fn assert_all_reachable(m: &str, backend: &str, count: u16, why: &str) {
+    for i in 0..count {
+        let s = series(
+            "sigma_backend_reachable",
+            "n1",
+            &format!("r{i}"),
+            10_000 + i,
+            backend,
+        );
+        assert_eq!(sample(m, &s), Some(1.0), "{s}\n{m}");
+    }
+    assert!(
+        !m.contains("sigma_backend_probe_failures_total{"),
+        "{why}:\n{m}"
+    );
+}
+
 /// A backend that accepts and resets at once completed the handshake: it is reachable, every
 /// time, whether the reset arrives before or after the agent looks at the socket.
 #[test]
 fn accept_then_reset_is_reachable_every_time() {
     let port = closing_backend(true);
     let b = format!("127.0.0.1:{port}");
-    let lines: Vec<String> = (0..50)
-        .map(|i| format!("n1 r{i} {} {b}", 10_000 + i))
-        .collect();
-    let routes = write_routes("reset", &lines);
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "100ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let m = agent.wait_metrics(Duration::from_secs(15), |m| {
-        sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 20.0
-    });
-    for i in 0..50 {
-        let s = series(
-            "sigma_backend_reachable",
-            "n1",
-            &format!("r{i}"),
-            10_000 + i,
-            &b,
-        );
-        assert_eq!(sample(&m, &s), Some(1.0), "{s}\n{m}");
-    }
-    assert!(
-        !m.contains("sigma_backend_probe_failures_total{"),
-        "1,000 probes of an accept-then-reset backend, some counted as failures:\n{m}"
-    );
+    let routes = write_routes("reset", &routes_to(&b, 50));
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "100ms"]);
+    let m = agent.wait_cycles(20, Duration::from_secs(15));
+    let why = "1,000 probes of an accept-then-reset backend, some counted as failures";
+    assert_all_reachable(&m, &b, 50, why);
 }
 
 /// The agent out of file descriptors cannot open probe sockets, nor the sockets of name
@@ -481,62 +436,36 @@ fn the_agents_fd_shortage_is_not_a_backend_failure() {
     let port = closing_backend(false);
     let b = format!("127.0.0.1:{port}");
     let dns = common::dns_server::DnsServer::start();
-    let v4 = vec![std::net::Ipv4Addr::LOCALHOST];
-    let addrs = common::dns_server::Behavior::Addrs { v4, v6: vec![] };
+    let addrs = common::dns_server::Behavior::v4(&[std::net::Ipv4Addr::LOCALHOST]);
     dns.set("svc.test", addrs, 1); // cached 5 s, the resolver's shortest
     let named = format!("svc.test:{port}");
-    let mut lines: Vec<String> = (0..20)
-        .map(|i| format!("n1 r{i} {} {b}", 10_000 + i))
-        .collect();
+    let mut lines = routes_to(&b, 20);
     lines.push(format!("n1 named 10100 {named}"));
     let routes = write_routes("emfile", &lines);
     let mut cmd = Command::new(BIN);
     limit_open_files(&mut cmd, 32);
-    let mut agent = Agent::start_command(
-        cmd,
-        &[
-            "--health-probe",
-            "--health-probe-interval",
-            "100ms",
-            "--routes-file",
-            routes.path(),
-            "--dns-server",
-            &dns.addr().to_string(),
-        ],
-    );
-    agent.wait_metrics(Duration::from_secs(5), |m| {
-        sample(m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 1.0
-    });
+    let flags = ["--health-probe-interval", "100ms", &dns.flag()];
+    let mut agent = Agent::probing_command(cmd, &routes, &flags);
+    agent.wait_cycles(1, Duration::from_secs(5));
     let queries = dns.queries("svc.test");
     // Take every descriptor the agent has left with silent connections, past the cached
-    // answer's 5 s, then give them back and look.
+    // answer's 5 s (the starved window is the test, and nothing outside the agent shows it:
+    // a scrape would free a descriptor), then give them back and look once probes ran again.
     let silent: Vec<TcpStream> = (0..40).filter_map(|_| connect(agent.http)).collect();
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(dns.queries("svc.test"), queries, "a lookup had a socket");
     drop(silent);
-    std::thread::sleep(Duration::from_millis(300));
-    let m = agent.metrics();
-    for i in 0..20 {
-        let s = series(
-            "sigma_backend_reachable",
-            "n1",
-            &format!("r{i}"),
-            10_000 + i,
-            &b,
-        );
-        assert_eq!(sample(&m, &s), Some(1.0), "{s}\n{m}");
-    }
-    assert!(
-        !m.contains("sigma_backend_probe_failures_total{"),
-        "the agent's own shortage counted as backend failures:\n{m}"
-    );
+    agent.wait_log("probe sockets available again", Duration::from_secs(5));
+    let cycles = sample(&agent.metrics(), "sigma_probe_cycles_total").unwrap();
+    let m = agent.wait_cycles(cycles as u32 + 2, Duration::from_secs(5));
+    let why = "the agent's own shortage counted as backend failures";
+    assert_all_reachable(&m, &b, 20, why);
     let s = series("sigma_backend_reachable", "n1", "named", 10100, &named);
     assert_eq!(sample(&m, &s), Some(1.0), "{s}\n{m}");
     assert!(
         sample(&m, "sigma_agent_resource_errors_total{op=\"probe\"}").unwrap() >= 1.0,
         "{m}"
     );
-    agent.wait_log("probe sockets available again", Duration::from_secs(5));
     assert_eq!(
         agent.log().matches("cannot open a probe socket").count(),
         1,
@@ -575,17 +504,9 @@ fn a_stderr_nobody_reads_never_stalls_the_agent() {
         s.read_to_end(&mut buf).ok()?;
         Some(parse_response(&buf).body)
     };
-    // Two cycles done (4,000 probes, 2,000 state changes logged) and still answering.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let m = loop {
-        if let Some(m) = scrape() {
-            if sample(&m, "sigma_probe_cycles_total").unwrap_or(0.0) >= 2.0 {
-                break m;
-            }
-        }
-        assert!(Instant::now() < deadline, "the agent stopped answering");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let two_cycles = || scrape().filter(|m| sample(m, "sigma_probe_cycles_total") >= Some(2.0));
+    let what = "two cycles are done (4,000 probes, 2,000 state changes logged), still answering";
+    let m = wait_until(Duration::from_secs(15), what, two_cycles);
     let dropped = sample(&m, "sigma_log_lines_dropped_total").unwrap();
     assert!(dropped > 0.0, "{m}");
     // Someone reads stderr again; the next line logged is preceded by the count. (SIGHUP
@@ -606,24 +527,23 @@ fn a_stderr_nobody_reads_never_stalls_the_agent() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text.lock().unwrap().contains("SIGHUP: re-reading") {
-        assert!(Instant::now() < deadline, "no log line got through");
-        // SAFETY: kill with a pid we own and a valid signal number.
-        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let t = Instant::now();
+    let mut sent: Option<Instant> = None;
+    wait_until(Duration::from_secs(10), "a log line got through", || {
+        let through = text.lock().unwrap().contains("SIGHUP: re-reading");
+        if !through && sent.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            // SAFETY: kill with a pid we own and a valid signal number.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+            sent = Some(Instant::now());
+        }
+        through.then_some(())
+    });
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(t.elapsed() < Duration::from_secs(2), "SIGTERM ignored");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(2)),
+        Some(0),
+        "SIGTERM"
+    );
     reader.join().unwrap();
     let text = text.lock().unwrap().clone();
     let note = text

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,6 +38,25 @@ fn bad_inputs() -> Vec<(Vec<u8>, Option<&'static str>)> {
     ]
 }
 
+/// The agent serving MCP on its stdin and stdout, with `extra` flags; stderr as `stderr`.
+fn mcp_stdio(extra: &[&str], stdin: Stdio, stderr: Stdio) -> Child {
+    Command::new(BIN)
+        .args(["--mcp-stdio", "--metrics-port", "0"])
+        .args(extra)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// One answer line, without its line end.
+fn read_line(from: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    from.read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
 /// Sends each bad line then a ping, and checks the answers in order.
 fn check_conversation(mut send: impl FnMut(&[u8]), mut recv: impl FnMut() -> String) {
     for (line, want) in bad_inputs() {
@@ -60,32 +79,21 @@ fn check_conversation(mut send: impl FnMut(&[u8]), mut recv: impl FnMut() -> Str
 #[test]
 fn tcp_bad_input_then_good_requests() {
     let mut agent = Agent::start(&["--mcp-listen", "127.0.0.1:0"]);
-    let log = agent.wait_log("; mcp 127.0.0.1:", Duration::from_secs(5));
-    let at = log.find("; mcp ").unwrap() + "; mcp ".len();
-    let addr: String = log[at..].chars().take_while(|c| *c != ';').collect();
-    let stream = TcpStream::connect(addr.trim()).unwrap();
+    let addr = agent.mcp_addr();
+    let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
-    check_conversation(
-        |b| writer.write_all(b).unwrap(),
-        || {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            line.trim_end().to_owned()
-        },
-    );
+    check_conversation(|b| writer.write_all(b).unwrap(), || read_line(&mut reader));
     // Two clients at once, each with its own buffer: a half-sent line on one doesn't block the other.
-    let mut a = TcpStream::connect(addr.trim()).unwrap();
+    let mut a = TcpStream::connect(addr).unwrap();
     a.write_all(br#"{"jsonrpc":"2.0","id":1,"#).unwrap();
-    let b = TcpStream::connect(addr.trim()).unwrap();
+    let b = TcpStream::connect(addr).unwrap();
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     (&b).write_all(format!("{PING}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&b).read_line(&mut line).unwrap();
-    assert_eq!(line.trim_end(), PONG);
+    assert_eq!(read_line(&mut BufReader::new(&b)), PONG);
     a.write_all(b"\"method\":\"ping\"}\n").unwrap();
     // /metrics still answers beside MCP.
     assert_eq!(agent.get("/healthz").status, 200);
@@ -93,23 +101,10 @@ fn tcp_bad_input_then_good_requests() {
 
 #[test]
 fn stdio_pipe_bad_input_then_good_requests_and_eof_exits_zero() {
-    let mut child = Command::new(BIN)
-        .args(["--mcp-stdio", "--metrics-port", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = mcp_stdio(&[], Stdio::piped(), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    check_conversation(
-        |b| stdin.write_all(b).unwrap(),
-        || {
-            let mut line = String::new();
-            stdout.read_line(&mut line).unwrap();
-            line.trim_end().to_owned()
-        },
-    );
+    check_conversation(|b| stdin.write_all(b).unwrap(), || read_line(&mut stdout));
     drop(stdin);
     let t = Instant::now();
     let status = child.wait().unwrap();
@@ -167,19 +162,10 @@ fn stdio_leaves_the_inherited_descriptor_flags_as_they_were() {
     // status flags (shared with the agent through the open file description) are unchanged.
     let (reader, mut writer) = std::io::pipe().unwrap();
     let before = flags(&reader);
-    let mut child = Command::new(BIN)
-        .args(["--mcp-stdio", "--metrics-port", "0"])
-        .stdin(reader.try_clone().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = mcp_stdio(&[], reader.try_clone().unwrap().into(), Stdio::null());
     writer.write_all(format!("{PING}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim_end(), PONG);
+    let answer = read_line(&mut BufReader::new(child.stdout.as_mut().unwrap()));
+    assert_eq!(answer, PONG);
     assert_eq!(
         flags(&reader),
         before,
@@ -207,47 +193,26 @@ fn tool_answers_from_the_same_snapshot_as_metrics() {
             format!("n1 down 10002 127.0.0.1:{closed}"),
         ],
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "--mcp-stdio",
-            "--metrics-port",
-            "0",
-            "--health-probe",
-            "--health-probe-interval",
-            "100ms",
-        ])
-        .args(["--routes-file", routes.path()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let probing = ["--health-probe", "--health-probe-interval", "100ms"];
+    let mut child = mcp_stdio(
+        &[&probing[..], &["--routes-file", routes.path()]].concat(),
+        Stdio::piped(),
+        Stdio::null(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let call = |only: bool| {
-        format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"query_backend_health\",\"arguments\":{{\"unreachable_only\":{only}}}}}}}\n"
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let answer = loop {
+    let call = |only: bool| health_call(&format!("{{\"unreachable_only\":{only}}}"));
+    let answer = wait_until(Duration::from_secs(5), "a cycle has completed", || {
         stdin.write_all(call(false).as_bytes()).unwrap();
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        if !line.contains("awaiting_first_cycle") {
-            break line;
-        }
-        assert!(Instant::now() < deadline, "no cycle completed: {line}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        Some(read_line(&mut stdout)).filter(|line| !line.contains("awaiting_first_cycle"))
+    });
     assert!(
         answer.contains(r#""route":"up""#) && answer.contains(r#""route":"down""#),
         "{answer}"
     );
     assert!(answer.contains(r#""reason":"refused""#), "{answer}");
     stdin.write_all(call(true).as_bytes()).unwrap();
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let line = read_line(&mut stdout);
     assert!(
         line.contains(r#""route":"down""#) && !line.contains(r#""route":"up""#),
         "{line}"

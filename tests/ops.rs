@@ -19,17 +19,8 @@ fn one_scrape_with_every_series(name: &str) -> String {
         format!("n1 down 10002 127.0.0.1:{}", closed_port()),
     ];
     let routes = write_routes(name, &lines);
-    let args = [
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--routes-file",
-        routes.path(),
-    ];
-    let agent = Agent::start(&args);
-    agent.wait_metrics(Duration::from_secs(5), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    })
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "200ms"]);
+    agent.wait_cycles(1, Duration::from_secs(5))
 }
 
 #[test]

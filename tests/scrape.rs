@@ -4,20 +4,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 /// A raw request; returns (head, body bytes).
 fn fetch(addr: SocketAddr, raw: &str) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let buf = send(addr, raw.as_bytes());
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -56,16 +52,8 @@ fn gzip_when_asked_identity_otherwise_and_both_exact() {
         .collect();
     let routes = write_routes("scrape-gzip", &lines);
     // A long interval: after the first cycle nothing changes, so both forms see one snapshot.
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "1h",
-        "--routes-file",
-        routes.path(),
-    ]);
-    agent.wait_metrics(Duration::from_secs(10), |m| {
-        m.contains("sigma_probe_cycles_total 1")
-    });
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "1h"]);
+    agent.wait_cycles(1, Duration::from_secs(10));
     let ask = |accept: &str| {
         fetch(
             agent.http,
@@ -123,22 +111,16 @@ fn gzip_when_asked_identity_otherwise_and_both_exact() {
     // counter never goes back and the figures are present every time.
     let cpu = |m: &str| sample(m, "process_cpu_seconds_total").expect("cpu seconds");
     let first = cpu(&gunzip(&ask("Accept-Encoding: gzip\r\n").1));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("process_cpu_seconds_total moves from {first}");
+    agent.wait_until(Duration::from_secs(10), &what, || {
         // Burn a little of the agent's CPU with identity scrapes until the counter moves.
         for _ in 0..20 {
             let _ = ask("");
         }
         let now = cpu(&gunzip(&ask("Accept-Encoding: gzip\r\n").1));
         assert!(now >= first);
-        if now > first {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process_cpu_seconds_total stuck at {first}"
-        );
-    }
+        (now > first).then_some(())
+    });
 }
 
 #[test]
@@ -146,14 +128,8 @@ fn cached_body_follows_every_change() {
     let open = accepting();
     let port = open.local_addr().unwrap().port();
     let routes = write_routes("scrape-change", &[format!("n1 up 10001 127.0.0.1:{port}")]);
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-interval",
-        "200ms",
-        "--routes-file",
-        routes.path(),
-    ]);
-    let gz = |agent: &Agent| {
+    let agent = Agent::probing(&routes, &["--health-probe-interval", "200ms"]);
+    let gz = || {
         gunzip(
             &fetch(
                 agent.http,
@@ -162,28 +138,34 @@ fn cached_body_follows_every_change() {
             .1,
         )
     };
-    let series = format!("sigma_backend_reachable{{node=\"n1\",route=\"up\",listen_port=\"10001\",backend=\"127.0.0.1:{port}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&gz(&agent), &series) != Some(1.0) {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let up = series(
+        "sigma_backend_reachable",
+        "n1",
+        "up",
+        10001,
+        &format!("127.0.0.1:{port}"),
+    );
+    agent.wait_until(
+        Duration::from_secs(10),
+        "the gzip form shows the route up",
+        || (sample(&gz(), &up) == Some(1.0)).then_some(()),
+    );
     // The cycle counter moves every 200 ms: successive gzip scrapes must see it move.
     let cycles = |m: &str| sample(m, "sigma_probe_cycles_total").unwrap();
-    let before = cycles(&gz(&agent));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cycles(&gz(&agent)) < before + 2.0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let before = cycles(&gz());
+    agent.wait_until(
+        Duration::from_secs(5),
+        "the gzip form shows 2 more cycles",
+        || (cycles(&gz()) >= before + 2.0).then_some(()),
+    );
     // A route that goes away disappears from both forms.
     drop(open);
     routes.replace(&format!("n1 other 10002 127.0.0.1:{}\n", closed_port()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gz(&agent).contains(&series) || agent.metrics().contains(&series) {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_until(
+        Duration::from_secs(10),
+        "the route is gone from both forms",
+        || (!gz().contains(&up) && !agent.metrics().contains(&up)).then_some(()),
+    );
 }
 
 #[test]
@@ -194,21 +176,13 @@ fn healthy_ready_build_info_and_process_metrics() {
         &[format!("n1 slow 10001 127.0.0.1:{}", hole.port)],
     );
     // The first cycle waits for a probe that times out after 1 s: not ready until then.
-    let agent = Agent::start(&[
-        "--health-probe",
-        "--health-probe-timeout",
-        "1s",
-        "--routes-file",
-        routes.path(),
-    ]);
+    let agent = Agent::probing(&routes, &["--health-probe-timeout", "1s"]);
     assert_eq!(agent.get("/-/healthy").status, 200);
     let r = agent.get("/-/ready");
     assert_eq!(r.status, 503, "{r:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.get("/-/ready").status != 200 {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_until(Duration::from_secs(5), "/-/ready answers 200", || {
+        (agent.get("/-/ready").status == 200).then_some(())
+    });
     let r = agent.get("/-/ready");
     assert_eq!(r.body, "sigma-agent-lite is Ready.\n");
     assert_eq!(

@@ -242,7 +242,7 @@ mod tls {
             "web-reload-key.pem",
             &std::fs::read_to_string(&pki.server_key).unwrap(),
         );
-        let agent = Agent::start(&[
+        let mut agent = Agent::start(&[
             "--web-tls-cert",
             cert.path(),
             "--web-tls-key",
@@ -269,14 +269,8 @@ mod tls {
         cert.replace(&std::fs::read_to_string(&pki.other_server_cert).unwrap());
         token.replace("second-token\n");
         agent.signal(SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !agent
-            .log()
-            .contains("re-read the HTTP listener's TLS and token files")
-        {
-            assert!(Instant::now() < deadline, "{}", agent.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let reread = "re-read the HTTP listener's TLS and token files";
+        agent.wait_log(reread, Duration::from_secs(5));
         assert_ne!(scrape(&pki.ca, "second-token").0, 0, "old CA still trusted");
         assert!(scrape(&pki.other_ca, "second-token")
             .1
@@ -287,14 +281,8 @@ mod tls {
         // A broken file on the next SIGHUP keeps the working settings.
         key.replace("not a key\n");
         agent.signal(SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !agent
-            .log()
-            .contains("keeping the previous TLS and token settings")
-        {
-            assert!(Instant::now() < deadline, "{}", agent.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let kept = "keeping the previous TLS and token settings";
+        agent.wait_log(kept, Duration::from_secs(5));
         assert!(scrape(&pki.other_ca, "second-token")
             .1
             .starts_with("HTTP/1.1 200 "));
@@ -405,35 +393,19 @@ mod tls {
             port = agent.http.port(),
         );
         let prom = Prometheus::start(&config);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let up = loop {
-            if let Some(r) = prom.query("up") {
-                if let Some(v) = r.first() {
-                    if v["value"][1] == "1" {
-                        break v.clone();
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "up never became 1\nprometheus:\n{}\nagent:\n{}",
-                prom.log(),
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let first = |q: &str| prom.query(q)?.first().cloned();
+        let up = poll_until(Duration::from_secs(60), || {
+            first("up").filter(|v| v["value"][1] == "1")
+        });
+        let up = up.unwrap_or_else(|| {
+            let (prom, agent) = (prom.log(), agent.log());
+            panic!("up never became 1\nprometheus:\n{prom}\nagent:\n{agent}")
+        });
         assert_eq!(up["metric"]["job"], "sigma-agent-lite");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = prom.query("sigma_backend_reachable").unwrap_or_default();
-            if let Some(v) = r.first() {
-                assert_eq!(v["metric"]["route"], "down");
-                assert_eq!(v["value"][1], "0");
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}", prom.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let v = poll_until(Duration::from_secs(20), || first("sigma_backend_reachable"));
+        let v = v.unwrap_or_else(|| panic!("no sigma_backend_reachable\n{}", prom.log()));
+        assert_eq!(v["metric"]["route"], "down");
+        assert_eq!(v["value"][1], "0");
         // Prometheus asked for gzip and got it.
         assert!(
             agent.log().contains("http: /metrics answered,") && agent.log().contains(" gzip\n"),

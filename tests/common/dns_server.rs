@@ -50,6 +50,16 @@ pub enum Behavior {
     CompressionLoop,
 }
 
+impl Behavior {
+    /// A records `v4`; AAAA queries get NODATA.
+    pub fn v4(v4: &[Ipv4Addr]) -> Behavior {
+        Behavior::Addrs {
+            v4: v4.to_vec(),
+            v6: vec![],
+        }
+    }
+}
+
 /// Address the misbehaving replies carry, so a test can tell if one was taken (on loopback,
 /// so nothing leaves the machine even if one were).
 pub const BOGUS: Ipv4Addr = Ipv4Addr::new(127, 6, 6, 6);
@@ -95,6 +105,11 @@ impl DnsServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The agent's flag to resolve names through this server: `--dns-server=ADDR`.
+    pub fn flag(&self) -> String {
+        format!("--dns-server={}", self.addr)
     }
 
     pub fn set(&self, name: &str, behavior: Behavior, ttl: u32) {
@@ -164,6 +179,7 @@ fn serve_tcp(listener: TcpListener, state: Arc<Mutex<State>>, stop: Arc<AtomicBo
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => serve_tcp_conn(stream, &state),
+            // Non-blocking accept, idle pauses: the stop flag is seen within 10 ms.
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }

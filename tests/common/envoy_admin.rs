@@ -89,6 +89,7 @@ impl FakeAdmin {
                             let (state, requests) = (state.clone(), requests.clone());
                             std::thread::spawn(move || serve(conn, &state, &requests));
                         }
+                        // Non-blocking accept, idle pauses: the stop flag is seen at once.
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
                 }
@@ -165,6 +166,7 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, requests: &AtomicUsize) {
             conn.write_all(&out)
         }
         Mode::Slow(delay) => {
+            // The slowness is the behaviour under test.
             std::thread::sleep(delay);
             conn.write_all(json_head(&format!("content-length: {}\r\n", body.len())).as_bytes())
                 .and_then(|_| conn.write_all(&body))
