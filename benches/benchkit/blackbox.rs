@@ -4,6 +4,7 @@
 //! apart: it is not charged to blackbox (in production that is Prometheus's work).
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,7 @@ pub struct Driver {
 }
 
 impl Driver {
-    fn start(blackbox: std::net::SocketAddr, ports: Vec<u16>) -> Result<Driver, String> {
+    fn start(blackbox: SocketAddr, ports: Vec<u16>) -> Result<Driver, String> {
         let mut client = Client::connect(blackbox).map_err(|e| e.to_string())?;
         let ok = Arc::new(AtomicU64::new(0));
         let good = ok.clone();
