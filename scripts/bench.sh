@@ -5,7 +5,7 @@
 #   1. micro-benchmarks of the pure parts (benches/micro.rs): /metrics render for 1,000 and
 #      10,000 routes, HTTP request-head parse, routes-file parse, /proc/self read,
 #      and the MCP tools/call handler
-#   2. the whole agent, release build, against N loopback listeners (examples/benchkit.rs):
+#   2. the whole agent, release build, against N loopback listeners (benches/benchkit/):
 #      CPU per probe, peak RSS, threads, fds for agent / floor / blackbox in the same rounds,
 #      and in the same rounds the agent with the PostgreSQL source (routes read each cycle
 #      from a throwaway cluster this script starts, see below); then the agent alone: scrape
@@ -14,7 +14,7 @@
 #      (silent server, SIGSTOPped server, table lock, silent DNS for the database host name):
 #      scrape latency p50/p99/max and probe cycles during each 10-s fault, and the recovery
 #   3. a table with PASS/FAIL per target, and every figure as JSON in target/bench.json
-#   4. scrape load (examples/scrapebench.rs): 100 concurrent keep-alive scrapers of agents with
+#   4. scrape load (benches/scrapebench.rs): 100 concurrent keep-alive scrapers of agents with
 #      1,000 and 10,000 routes, identity and gzip, the binary from before the cached /metrics
 #      body (BENCH_BEFORE_REV, built from main's history) beside the current one: scrape and
 #      /healthz p50/p99, CPU and bytes per scrape (target/bench-scrape.json)
@@ -44,12 +44,11 @@
 # (sigma-agent-lite-bench), are replaced at the start and deleted at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 started=$SECONDS
 CARGO=${CARGO:-cargo}
-TARGET_DIR=$($CARGO metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-target}
+TARGET_DIR=$(target_dir)
 WORK=$TARGET_DIR/bench-work
 mkdir -p "$WORK"
 
@@ -58,7 +57,7 @@ export BENCH_WINDOW=${BENCH_WINDOW:-8}
 export BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 export BENCH_MICRO_JSON=$TARGET_DIR/bench-micro.json
 export BENCH_JSON=$TARGET_DIR/bench.json
-# Scrape load (examples/scrapebench.rs): routes per agent, concurrent scrapers, seconds per run.
+# Scrape load (benches/scrapebench.rs): routes per agent, concurrent scrapers, seconds per run.
 export BENCH_SCRAPE_ROUTES=${BENCH_SCRAPE_ROUTES:-1000,10000}
 export BENCH_SCRAPERS=${BENCH_SCRAPERS:-100}
 export BENCH_SCRAPE_WINDOW=${BENCH_SCRAPE_WINDOW:-5}
@@ -73,13 +72,7 @@ if [[ -z $BENCH_BLACKBOX ]]; then
 fi
 
 # One listener per route plus the agent, the exporter and the scrapers: raise the fd limit.
-want=$((BENCH_ROUTES + 512))
-hard=$(ulimit -Hn)
-if [[ $hard != unlimited && $hard -lt $want ]]; then
-    echo "error: the hard open-files limit ($hard) is below $want; lower BENCH_ROUTES or raise it" >&2
-    exit 1
-fi
-ulimit -n "$want"
+raise_nofile $((BENCH_ROUTES + 512)) "lower BENCH_ROUTES or raise it"
 
 echo "== building (release) =="
 # The binary from before the cached /metrics body, from main's history, for the scrape-load
@@ -101,6 +94,7 @@ if [[ ! -x $BEFORE_BIN || $(cat "$BEFORE_BIN.rev" 2>/dev/null) != "$BEFORE_REV" 
     fi
 fi
 $CARGO build --release --quiet
+# The whole-program harnesses in benches/ (Cargo examples: see Cargo.toml), release profile.
 $CARGO build --release --quiet --example benchkit --example floor --example scrapebench
 
 echo
@@ -214,12 +208,12 @@ elif ! pg_start; then
 fi
 
 echo
-echo "== whole agent (examples/benchkit.rs), loopback only =="
+echo "== whole agent (benches/benchkit/), loopback only =="
 "$TARGET_DIR/release/examples/benchkit" "$TARGET_DIR/release/sigma-agent-lite" \
     "$TARGET_DIR/release/examples/floor" "$WORK"
 
 echo
-echo "== scrape load: $BENCH_SCRAPERS concurrent scrapers, before/after the cached body (examples/scrapebench.rs) =="
+echo "== scrape load: $BENCH_SCRAPERS concurrent scrapers, before/after the cached body (benches/scrapebench.rs) =="
 if [[ -n $BEFORE_BIN ]]; then
     "$TARGET_DIR/release/examples/scrapebench" "$BEFORE_BIN" "$TARGET_DIR/release/sigma-agent-lite" "$WORK"
 fi

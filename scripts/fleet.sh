@@ -17,6 +17,7 @@
 # Settings: see scripts/fleet.py (FLEET_AGENTS, FLEET_STEADY, FLEET_STRICT=1, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 if [[ ${1:-} == --smoke ]]; then
     export FLEET_SMOKE=1
@@ -27,9 +28,7 @@ fi
 smoke=${FLEET_SMOKE:-0}
 
 CARGO=${CARGO:-cargo}
-TARGET_DIR=$($CARGO metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-target}
+TARGET_DIR=$(target_dir)
 mkdir -p "$TARGET_DIR"
 OUT=$TARGET_DIR
 [[ $smoke == 1 ]] && OUT=$TARGET_DIR/fleet-smoke && mkdir -p "$OUT"
@@ -51,13 +50,7 @@ command -v python3 >/dev/null || { echo "error: python3 is needed" >&2; exit 1; 
 # Agents, their HTTP connections, the listeners, PgBouncer's clients: raise the fd limit.
 agents=${FLEET_AGENTS:-300}
 [[ $smoke == 1 ]] && agents=${FLEET_AGENTS:-4}
-want=$((agents * 4 + ${FLEET_BACKEND_PORTS:-256} + 1024))
-hard=$(ulimit -Hn)
-if [[ $hard != unlimited && $hard -lt $want ]]; then
-    echo "error: the hard open-files limit ($hard) is below $want; lower FLEET_AGENTS" >&2
-    exit 1
-fi
-ulimit -n "$want"
+raise_nofile $((agents * 4 + ${FLEET_BACKEND_PORTS:-256} + 1024)) "lower FLEET_AGENTS"
 
 echo "== building (release) =="
 $CARGO build --release --quiet

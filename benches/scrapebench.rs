@@ -15,6 +15,11 @@
 //! comma-separated list allowed), `BENCH_SCRAPERS` (100), `BENCH_SCRAPE_WINDOW` seconds (5),
 //! `BENCH_SCRAPE_JSON` (output file). Loopback only; every loop is bounded in time.
 
+// The /proc readers of benchkit (which uses the rest of the module: footprints).
+#[allow(dead_code)]
+#[path = "common/procfs.rs"]
+mod procfs;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -173,26 +178,13 @@ impl Conn {
     }
 }
 
-/// utime + stime of `pid`, in seconds.
+/// utime + stime of `pid` (all its threads), in seconds; 0 if it cannot be read.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / tck
+    procfs::cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(0.0)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    procfs::kib_field(&format!("/proc/{pid}/status"), "VmHWM:").unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

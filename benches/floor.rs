@@ -2,13 +2,16 @@
 //! same targets the agent probes — sequential non-blocking TCP connects, one at a time, a
 //! cycle every interval, the same deadline and the same connect recipe (register WRITABLE,
 //! `take_error`, `peer_addr`), and nothing else: no snapshot, no metrics, no HTTP, no logs.
-//! What it costs per connect is what the kernel costs; `scripts/bench.sh` compares the agent's
-//! CPU per probe with it.
+//! What it costs per connect is what the kernel costs; `make bench` (benches/benchkit) compares
+//! the agent's CPU per probe with it.
 //!
 //! Usage: `floor ROUTES_FILE [INTERVAL_SECS [DEADLINE_SECS [DURATION_SECS]]]` (defaults 1, 3,
 //! 600). Targets are the 4th field of each line of a routes file (IP literals only; names are
 //! skipped). It stops by itself after DURATION_SECS, or on SIGTERM. Benchmarks point it only
 //! at loopback.
+
+#[path = "common/pace.rs"]
+mod pace;
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use pace::next_cycle;
 
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -75,14 +79,7 @@ fn main() -> io::Result<()> {
             }
             poll.registry().deregister(&mut stream)?;
         }
-        // Next cycle one interval after this one started, or at once if it overran.
-        cycle_start += interval;
-        let now = Instant::now();
-        if cycle_start > now {
-            std::thread::sleep(cycle_start - now);
-        } else {
-            cycle_start = now;
-        }
+        next_cycle(&mut cycle_start, interval);
     }
     eprintln!("floor: {probes} probes, stopping after {duration:?}");
     Ok(())
