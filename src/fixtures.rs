@@ -93,6 +93,19 @@ pub fn fleet(n: usize) -> (Snapshot, SystemTime) {
     (snap, at + Duration::from_secs(5))
 }
 
+/// `name` in DNS wire form (length-prefixed labels, then a zero byte), assembled by hand
+/// rather than by `dns::wire`, so the parser and the lookup are checked against bytes they
+/// did not make. Used by the resolver's unit tests and by the tests' DNS responder.
+pub fn dns_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
 /// A stream that plays a script, for driving a connection's state machine without a socket:
 /// reads hand out `pieces` one at a time (a piece larger than the caller's buffer is split),
 /// then `WouldBlock`, or end of file once `eof` is set; writes accept at most `room` bytes

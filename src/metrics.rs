@@ -629,20 +629,26 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
     let _ = write!(out, "{v}");
 }
 
-/// A duration in milliseconds with at most microsecond precision: `34.842`, not
-/// `34.842000000000005`. One division of an exact integer by a power of ten gives the double
-/// nearest the decimal, and `Display` prints the shortest text that reads back as it: the
-/// decimal itself.
+/// A duration in milliseconds with at most microsecond precision (see [`millis_f64`]).
 fn write_millis(out: &mut Vec<u8>, d: Duration) {
-    write_f64(out, d.as_micros() as f64 / 1e3);
+    write_f64(out, millis_f64(d));
 }
 
-/// A duration in seconds with at most microsecond precision (see [`write_millis`]).
+/// A duration in seconds with at most microsecond precision (see [`millis_f64`]).
 fn write_seconds(out: &mut Vec<u8>, d: Duration) {
     write_f64(out, seconds_f64(d));
 }
 
-fn seconds_f64(d: Duration) -> f64 {
+/// A duration in milliseconds with at most microsecond precision: `34.842`, not
+/// `34.842000000000005`. One division of an exact integer by a power of ten gives the double
+/// nearest the decimal, and `Display` (and the JSON writer) prints the shortest text that
+/// reads back as it: the decimal itself. Shared with `report.rs`, the tool's answer.
+pub(crate) fn millis_f64(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
+}
+
+/// A duration in seconds with at most microsecond precision (`0.000343`), likewise.
+pub(crate) fn seconds_f64(d: Duration) -> f64 {
     d.as_micros() as f64 / 1e6
 }
 

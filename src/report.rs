@@ -5,15 +5,17 @@
 //!
 //! Pure: snapshot, filter and wall time in, bytes out. [`OUTPUT_SCHEMA`] describes exactly
 //! what [`write_health`] emits, so the two live side by side. Times are RFC 3339 in UTC with
-//! milliseconds ([`rfc3339`]), durations are decimal seconds or milliseconds from one integer
-//! division, so they print short (`0.000343`, not `0.00034300000000000004`).
+//! milliseconds ([`rfc3339`]); durations are decimal seconds or milliseconds made the way
+//! `metrics.rs` makes them (`millis_f64`, `seconds_f64`), so they print short (`0.000343`).
 //!
-//! Size: one entry per route, at most `route::MAX_ROUTES` entries of about 500 bytes each.
+//! Size: one entry per route, at most `route::MAX_ROUTES` entries of about 330 bytes each
+//! (`mcp.rs` sends the object twice, as text and as `structuredContent`).
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::json::ObjectWriter;
+use crate::metrics::{millis_f64, seconds_f64};
 use crate::snapshot::{Outcome, RouteState, Snapshot};
 
 /// The tool reports `status: "stale"` when the last cycle ended more than this many cycle
@@ -258,17 +260,6 @@ fn write_backend(b: &mut ObjectWriter<'_>, state: &RouteState) {
     }
 }
 
-/// Milliseconds with microsecond resolution (`2.345`). One division of an integer, so the
-/// shortest round-trip text is the decimal one (no `0.34300000000000004`).
-fn millis_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e3
-}
-
-/// Seconds with microsecond resolution (`0.000343`), likewise from one division.
-fn seconds_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1e6
-}
-
 // ---------------------------------------------------------------- RFC 3339
 
 /// `t` as RFC 3339 in UTC with milliseconds, `2026-11-26T04:27:48.123Z` (truncated, not
@@ -323,6 +314,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)

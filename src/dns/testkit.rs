@@ -13,15 +13,7 @@ pub(crate) const TC: u16 = 0x0200;
 pub(crate) const SERVFAIL: u16 = 2;
 pub(crate) const NXDOMAIN: u16 = 3;
 
-pub(crate) fn wire_name(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
-}
+pub(crate) use crate::fixtures::dns_name as wire_name;
 
 pub(crate) fn header(id: u16, flags: u16, qd: u16, an: u16) -> Vec<u8> {
     let mut out = Vec::new();

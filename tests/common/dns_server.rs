@@ -5,6 +5,7 @@
 //! Written independently of `src/dns/` (`wire.rs`) so that it checks the resolver
 //! rather than mirroring it.
 
+use sigma_agent_lite::fixtures::dns_name as encode;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -232,16 +233,6 @@ fn parse_query(packet: &[u8]) -> Option<Query> {
         qtype,
         question,
     })
-}
-
-fn encode(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
 }
 
 struct Reply {

@@ -26,7 +26,7 @@ pub const OWNER_PASSWORD: &str = "owner-Pw-0b1d4e";
 pub const AGENT: &str = "sigma_agent";
 pub const AGENT_PASSWORD: &str = "agent-Pw-7f3c9a";
 /// How long a server may take to start or stop before the test fails.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = include_str!("../fixtures/schema.sql");
 
@@ -308,8 +308,10 @@ impl PgBouncer {
             .spawn()
             .expect("start pgbouncer");
         let bouncer = PgBouncer { child, dir, port };
-        wait_until("pgbouncer accepts connections", || {
-            TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok()
+        super::wait_until(START_TIMEOUT, "pgbouncer accepts connections", || {
+            TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+                .ok()
+                .map(drop)
         });
         bouncer
     }
@@ -339,15 +341,6 @@ impl Drop for PgBouncer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Polls `ok` until it is true, failing the test after `START_TIMEOUT`.
-pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

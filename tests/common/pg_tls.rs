@@ -143,10 +143,11 @@ impl TlsServer {
         ] {
             su.batch_execute(&sql).unwrap();
         }
-        super::pg::wait_until("the server has TLS on", || {
+        super::wait_until(super::pg::START_TIMEOUT, "the server has TLS on", || {
             su.query_one("SHOW ssl", &[])
-                .map(|r| r.get::<_, String>(0) == "on")
-                .unwrap_or(false)
+                .ok()
+                .filter(|r| r.get::<_, String>(0) == "on")
+                .map(drop)
         });
         TlsServer { pg, pki }
     }
