@@ -129,6 +129,13 @@ impl Script {
         }
     }
 
+    /// The same script, but the peer takes only `room` bytes of writes until the test gives
+    /// it more (a slow reader).
+    pub fn with_room(mut self, room: usize) -> Script {
+        self.room = room;
+        self
+    }
+
     /// What was written, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.written).into_owned()

@@ -341,13 +341,7 @@ mod tests {
     fn pipelined_requests_are_answered_in_order_one_at_a_time() {
         let (snap, t0) = (snap(), Instant::now());
         let both = [SCRAPE, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
-        let mut conn = Conn::new(
-            Script {
-                room: 10,
-                ..Script::new(&[&both], false)
-            },
-            t0,
-        );
+        let mut conn = Conn::new(Script::new(&[&both], false).with_room(10), t0);
         // The peer takes 10 bytes: the first answer is under way, the second not yet built.
         assert_eq!(drive(&mut conn, &snap, t0), Status::Continue);
         assert_eq!(conn.stream.written.len(), 10);
@@ -367,13 +361,7 @@ mod tests {
     #[test]
     fn a_slow_reader_is_held_to_the_write_timeout_from_its_last_progress() {
         let (snap, t0) = (snap(), Instant::now());
-        let mut conn = Conn::new(
-            Script {
-                room: 1,
-                ..Script::new(&[SCRAPE], false)
-            },
-            t0,
-        );
+        let mut conn = Conn::new(Script::new(&[SCRAPE], false).with_room(1), t0);
         assert_eq!(drive(&mut conn, &snap, t0), Status::Continue);
         assert_eq!(conn.stream.written.len(), 1);
         // One more byte of progress later restarts the write deadline.
@@ -451,13 +439,7 @@ mod tests {
         let mut conn = Conn::new(Broken, t0);
         assert_eq!(conn.drive(t0, &mut serve(&snap, 0)), Status::Close);
         // A peer that accepts zero bytes of a response is gone too.
-        let mut conn = Conn::new(
-            Script {
-                room: 0,
-                ..Script::new(&[SCRAPE], false)
-            },
-            t0,
-        );
+        let mut conn = Conn::new(Script::new(&[SCRAPE], false).with_room(0), t0);
         assert_eq!(drive(&mut conn, &snap, t0), Status::Continue);
         assert_eq!(conn.pending(), OK.len());
     }

@@ -17,12 +17,10 @@
 //! Numbers are kept as their exact source text ([`Number::raw`]) so that a
 //! JSON-RPC `id` can be echoed byte for byte; they are never out of range.
 //!
-//! The writer ([`write_str`], [`write_value`], [`ObjectWriter`], [`ArrayWriter`]) is in
-//! `json_write.rs`, re-exported here so callers name one module for JSON.
+//! The writer is `json_write.rs`; it depends on this module (for [`Value`]), never the other
+//! way round.
 
 use std::fmt;
-
-pub use crate::json_write::{write_str, write_value, ArrayWriter, ObjectWriter};
 
 /// Largest accepted input in bytes. MCP requests are small; this bounds the
 /// work and memory of one `parse` before it starts.

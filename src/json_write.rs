@@ -4,7 +4,6 @@
 //! Why apart from the reader (`json.rs`): writing is what every JSON endpoint does on each
 //! answer and reading is what the MCP server does with untrusted input; they share only
 //! [`Value`]. Like the reader it is pure (appends to a buffer, no I/O) and never panics.
-//! `json.rs` re-exports these names, so `crate::json::ObjectWriter` still works.
 //!
 //! Strings are escaped as RFC 8259 requires and no more (`"`, `\`, control characters);
 //! non-finite floats, which JSON cannot carry, are written as `null`.

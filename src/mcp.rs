@@ -44,7 +44,8 @@
 
 use std::time::SystemTime;
 
-use crate::json::{self, ObjectWriter, Value};
+use crate::json::{self, Value};
+use crate::json_write::{self, ObjectWriter};
 use crate::report::{self, Filter};
 use crate::snapshot::Snapshot;
 
@@ -560,7 +561,7 @@ fn clip_value(v: &Value) -> String {
     match v {
         Value::Array(_) => text.extend_from_slice(b"[...]"),
         Value::Object(_) => text.extend_from_slice(b"{...}"),
-        scalar => json::write_value(&mut text, scalar),
+        scalar => json_write::write_value(&mut text, scalar),
     }
     clip(&String::from_utf8_lossy(&text))
 }

@@ -331,10 +331,7 @@ mod tests {
                 format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n").as_bytes(),
             );
         }
-        let mut io = Script {
-            room: 10,
-            ..Script::new(&[&input], false)
-        };
+        let mut io = Script::new(&[&input], false).with_room(10);
         let mut peer = Peer::new();
         assert_eq!(
             peer.drive(&mut io, &snap(), SystemTime::UNIX_EPOCH, 0),

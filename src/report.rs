@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::json::ObjectWriter;
+use crate::json_write::ObjectWriter;
 use crate::metrics::{millis_f64, seconds_f64};
 use crate::snapshot::{Outcome, RouteState, Snapshot};
 

@@ -27,6 +27,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value as Sj;
 use sigma_agent_lite::json::{self, Error, Value, MAX_DEPTH};
+use sigma_agent_lite::json_write;
 
 const CASES: u32 = 2000;
 
@@ -97,7 +98,7 @@ fn check(input: &[u8]) -> Result<(), TestCaseError> {
         (Ok(v), Ok(t)) => {
             prop_assert!(same(v, t), "values differ: ours {:?}, serde {:?}", v, t);
             let mut out = Vec::new();
-            json::write_value(&mut out, v);
+            json_write::write_value(&mut out, v);
             let reparsed = json::parse(&out);
             prop_assert_eq!(reparsed.as_ref(), Ok(v), "our writer: {:?}", out);
             let back = serde_json::from_slice::<Sj>(&out);
