@@ -688,6 +688,14 @@ pub(crate) mod tests {
         );
     }
 
+    /// Each head is answered 400.
+    fn assert_all_400(heads: &[&[u8]]) {
+        for head in heads {
+            let text = String::from_utf8_lossy(head);
+            assert_eq!(parse_head(head), Parse::Error(400), "{text}");
+        }
+    }
+
     #[test]
     fn incomplete_and_errors() {
         assert_eq!(parse_head(b""), Parse::Incomplete);
@@ -708,14 +716,7 @@ pub(crate) mod tests {
             b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n",
         ];
-        for b in bad {
-            assert_eq!(
-                parse_head(b),
-                Parse::Error(400),
-                "{}",
-                String::from_utf8_lossy(b)
-            );
-        }
+        assert_all_400(bad);
         assert_eq!(parse_head(b"GET / HTTP/2.0\r\n\r\n"), Parse::Error(505));
     }
 
@@ -759,14 +760,7 @@ pub(crate) mod tests {
             b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET http://a/metrics HTTP/1.1\r\n\r\n", // absolute form still needs Host (§3.2)
         ];
-        for b in bad {
-            assert_eq!(
-                parse_head(b),
-                Parse::Error(400),
-                "{}",
-                String::from_utf8_lossy(b)
-            );
-        }
+        assert_all_400(bad);
     }
 
     #[test]

@@ -872,66 +872,63 @@ mod tests {
         assert_eq!(reason_for(&e(libc::EACCES)), Reason::Error);
     }
 
-    /// Cycle bookkeeping with made-up instants: with no routes, no socket is opened and a
-    /// cycle ends when `advance` is called at the instant given.
+    /// A prober with no routes (so no socket is ever opened) and what `advance` needs, for
+    /// the cycle bookkeeping tests with made-up instants.
+    struct Idle {
+        poll: Poll,
+        p: Prober,
+        snap: Snapshot,
+    }
+
+    impl Idle {
+        fn new(enabled: bool, interval: Duration, t0: Instant) -> Idle {
+            Idle {
+                poll: Poll::new().unwrap(),
+                p: prober(enabled, interval, t0),
+                snap: fixtures::snapshot(vec![]),
+            }
+        }
+
+        fn advance(&mut self, now: Instant) -> Advance {
+            let wall = SystemTime::UNIX_EPOCH;
+            let registry = self.poll.registry();
+            self.p
+                .advance(now, wall, registry, &mut self.snap, &mut || Token(100))
+        }
+    }
+
+    /// A cycle ends when `advance` is called at the instant given.
     #[test]
     fn cycles_schedule_by_interval_and_count_overruns() {
-        let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = prober(true, Duration::from_secs(1), t0);
-        let mut snap = fixtures::snapshot(vec![]);
-        let mut tok = || Token(100);
-        let wall = SystemTime::UNIX_EPOCH;
-        assert_eq!(
-            p.advance(t0, wall, poll.registry(), &mut snap, &mut tok),
-            Advance::CycleDue
-        );
-        p.start_cycle(t0);
-        assert_eq!(
-            p.advance(t0, wall, poll.registry(), &mut snap, &mut tok),
-            Advance::Wait
-        );
-        assert_eq!(snap.cycles_total, 1);
-        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(1)));
-        let t1 = t0 + Duration::from_millis(999);
-        assert_eq!(
-            p.advance(t1, wall, poll.registry(), &mut snap, &mut tok),
-            Advance::Wait
-        );
+        let mut idle = Idle::new(true, Duration::from_secs(1), t0);
+        assert_eq!(idle.advance(t0), Advance::CycleDue);
+        idle.p.start_cycle(t0);
+        assert_eq!(idle.advance(t0), Advance::Wait);
+        assert_eq!(idle.snap.cycles_total, 1);
+        assert_eq!(idle.p.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(idle.advance(t0 + Duration::from_millis(999)), Advance::Wait);
         let t2 = t0 + Duration::from_secs(1);
-        assert_eq!(
-            p.advance(t2, wall, poll.registry(), &mut snap, &mut tok),
-            Advance::CycleDue
-        );
+        assert_eq!(idle.advance(t2), Advance::CycleDue);
         // A cycle that ends 1.5 s after it started overran the 1 s interval.
-        p.start_cycle(t2);
-        let t3 = t2 + Duration::from_millis(1500);
+        idle.p.start_cycle(t2);
         assert_eq!(
-            p.advance(t3, wall, poll.registry(), &mut snap, &mut tok),
+            idle.advance(t2 + Duration::from_millis(1500)),
             Advance::CycleDue
         );
-        assert_eq!(snap.overruns_total, 1);
-        assert_eq!(snap.last_cycle_duration, Some(Duration::from_millis(1500)));
+        assert_eq!(idle.snap.overruns_total, 1);
+        assert_eq!(
+            idle.snap.last_cycle_duration,
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
     fn disabled_prober_never_starts_a_cycle() {
-        let poll = Poll::new().unwrap();
         let t0 = Instant::now();
-        let mut p = prober(false, Duration::from_secs(1), t0);
-        let mut snap = fixtures::snapshot(vec![]);
-        let mut tok = || Token(100);
-        assert_eq!(
-            p.advance(
-                t0,
-                SystemTime::UNIX_EPOCH,
-                poll.registry(),
-                &mut snap,
-                &mut tok
-            ),
-            Advance::Wait
-        );
-        assert_eq!(p.next_deadline(), None);
+        let mut idle = Idle::new(false, Duration::from_secs(1), t0);
+        assert_eq!(idle.advance(t0), Advance::Wait);
+        assert_eq!(idle.p.next_deadline(), None);
     }
 
     /// The connect state machine against real loopback sockets: reachable, refused, and a
