@@ -62,9 +62,8 @@ pub fn failed(reason: Reason) -> ProbeResult {
 /// after the last cycle ended (the MCP status is "current" then).
 pub fn fleet(n: usize) -> (Snapshot, SystemTime) {
     let mut snap = snapshot(routes(n));
-    let mut at = t0();
     for cycle in 0..3u64 {
-        at = t0() + Duration::from_secs(30 * cycle);
+        let at = t0() + Duration::from_secs(30 * cycle);
         for i in 0..n {
             let address = Some(SocketAddr::from((
                 [127, 0, 0, 1],
@@ -90,7 +89,8 @@ pub fn fleet(n: usize) -> (Snapshot, SystemTime) {
         }
         snap.cycle_done(Duration::from_millis(80), false, at);
     }
-    (snap, at + Duration::from_secs(5))
+    // The last cycle ended at t0 + 60 s.
+    (snap, t0() + Duration::from_secs(65))
 }
 
 /// `name` in DNS wire form (length-prefixed labels, then a zero byte), assembled by hand

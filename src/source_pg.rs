@@ -39,9 +39,11 @@ use crate::pg_routes::routes_from_rows;
 use crate::pg_wire::{self, Phase, Progress};
 use crate::route::{Route, MAX_ROUTES};
 
+use crate::pg_routes::{ROUTES_SQL, VPS_SQL};
+
+/// The bound on DNS, connect, TLS and authentication together (the transport's own, public
+/// here because `pg_conn` is private to the crate).
 pub use crate::pg_conn::CONNECT_TIMEOUT;
-pub use crate::pg_conninfo::{APPLICATION_NAME, DEFAULT_PORT};
-pub use crate::pg_routes::{build_routes, RawRoute, ROUTES_SQL, VPS_SQL};
 
 /// Server-side bound on each statement (`SET LOCAL statement_timeout`, which also covers lock
 /// waits). The routes query reads a few thousand rows by index in milliseconds; 1 s means

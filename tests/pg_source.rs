@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::pg::{rows, Driven, PgBouncer, PgServer, AGENT, AGENT_PASSWORD, DB};
 
+use sigma_agent_lite::pg_routes::ROUTES_SQL;
 use sigma_agent_lite::route::{ClusterType, Route};
 use sigma_agent_lite::source_pg::{
-    Fetch, PgSource, BACKOFF_MIN, CONNECT_TIMEOUT, QUERY_TIMEOUT, ROUTES_SQL, STATEMENT_TIMEOUT,
+    Fetch, PgSource, BACKOFF_MIN, CONNECT_TIMEOUT, QUERY_TIMEOUT, STATEMENT_TIMEOUT,
 };
 
 fn source(url: &str, hostname: &str) -> Driven {
